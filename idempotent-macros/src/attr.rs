@@ -1,0 +1,554 @@
+//! Parsing and validating the attribute's arguments.
+//!
+//! Every value is checked here, at compile time, and every mistake is collected so the
+//! user sees them all in one build.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::meta::ParseNestedMeta;
+use syn::parse::ParseStream;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned as _;
+use syn::{Ident, LitStr, Token, parenthesized};
+
+/// Every argument, for "unknown argument" messages and suggestions.
+const ARGUMENTS: &[&str] = &[
+    "ttl",
+    "lease",
+    "key",
+    "required",
+    "scope",
+    "store",
+    "fingerprint",
+];
+const KEY_SOURCES: &[&str] = &["header", "query", "json", "body"];
+
+/// A value and the span of the tokens it came from.
+pub(crate) struct Spanned<T> {
+    pub(crate) span: Span,
+    pub(crate) value: T,
+}
+
+pub(crate) enum KeyArg {
+    // key = header | key = header("X-Request-Id")
+    Header(String),
+    // key = query("idempotency_key")
+    Query(String),
+    // key = json("/event/id")
+    Json(String),
+    // key = body
+    Body,
+}
+
+pub(crate) enum ScopeArg {
+    // scope = header("Authorization")
+    Header(String),
+}
+
+pub(crate) enum FingerprintArg {
+    // fingerprint = body
+    Body,
+    // fingerprint = none
+    None,
+    // fingerprint = exclude("/sent_at", "/nonce")
+    Exclude(Vec<String>),
+}
+
+pub(crate) struct StoreArg {
+    pub(crate) classes: Vec<u8>,
+    pub(crate) codes: Vec<u16>,
+}
+
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) ttl: Option<Spanned<Duration>>,
+    pub(crate) lease: Option<Spanned<Duration>>,
+    pub(crate) key: Option<Spanned<KeyArg>>,
+    pub(crate) required: Option<Spanned<()>>,
+    pub(crate) scope: Option<Spanned<ScopeArg>>,
+    pub(crate) store: Option<Spanned<StoreArg>>,
+    pub(crate) fingerprint: Option<Spanned<FingerprintArg>>,
+}
+
+/// Collects errors instead of stopping at the first.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, err: syn::Error) {
+        match &mut self.0 {
+            Some(existing) => existing.combine(err),
+            None => self.0 = Some(err),
+        }
+    }
+
+    pub(crate) fn error(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, message));
+    }
+
+    pub(crate) fn finish(self) -> Option<syn::Error> {
+        self.0
+    }
+}
+
+/// Sets `slot` unless it is already set; a repeat is reported at its second occurrence.
+fn set_once<T>(
+    slot: &mut Option<Spanned<T>>,
+    name: &str,
+    span: Span,
+    value: T,
+    errors: &mut Errors,
+) {
+    if slot.is_some() {
+        errors.error(span, format!("`{name}` is given more than once; keep one"));
+    } else {
+        *slot = Some(Spanned { span, value });
+    }
+}
+
+impl Args {
+    pub(crate) fn parse(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Self> {
+        let mut args = Args::default();
+        let parser = syn::meta::parser(|meta| args.parse_one(&meta, errors));
+        syn::parse::Parser::parse2(parser, input.parse()?)?;
+        args.check_combinations(errors);
+        Ok(args)
+    }
+
+    fn parse_one(&mut self, meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<()> {
+        let Some(ident) = meta.path.get_ident() else {
+            errors.error(
+                meta.path.span(),
+                format!("unknown argument; expected one of {}", list(ARGUMENTS)),
+            );
+            return skip_value(meta);
+        };
+        let span = ident.span();
+        match ident.to_string().as_str() {
+            // ttl = "24h"
+            "ttl" => {
+                if let Some(ttl) = duration(meta, "ttl", errors)? {
+                    set_once(&mut self.ttl, "ttl", span, ttl, errors);
+                }
+            }
+            // lease = "30s"
+            "lease" => {
+                if let Some(lease) = duration(meta, "lease", errors)? {
+                    set_once(&mut self.lease, "lease", span, lease, errors);
+                }
+            }
+            // key = header | header("X-Request-Id") | query("k") | json("/event/id") | body
+            "key" => {
+                if let Some(key) = key_source(meta, errors)? {
+                    set_once(&mut self.key, "key", span, key, errors);
+                }
+            }
+            // required
+            "required" => {
+                if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+                    errors.error(span, "`required` takes no value: write `required`");
+                    skip_value(meta)?;
+                }
+                set_once(&mut self.required, "required", span, (), errors);
+            }
+            // scope = header("Authorization")
+            "scope" => {
+                if let Some(scope) = scope(meta, errors)? {
+                    set_once(&mut self.scope, "scope", span, scope, errors);
+                }
+            }
+            // store = "2xx,4xx"
+            "store" => {
+                if let Some(store) = store_policy(meta, errors)? {
+                    set_once(&mut self.store, "store", span, store, errors);
+                }
+            }
+            // fingerprint = body | none | exclude("/sent_at")
+            "fingerprint" => {
+                if let Some(fp) = fingerprint(meta, errors)? {
+                    set_once(&mut self.fingerprint, "fingerprint", span, fp, errors);
+                }
+            }
+            other => {
+                let hint = match suggest(other, ARGUMENTS) {
+                    Some(near) => format!("; did you mean `{near}`?"),
+                    None => String::new(),
+                };
+                errors.error(
+                    span,
+                    format!(
+                        "unknown argument `{other}`{hint}\nexpected one of {}",
+                        list(ARGUMENTS)
+                    ),
+                );
+                skip_value(meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_combinations(&self, errors: &mut Errors) {
+        if let (Some(key), Some(required)) = (&self.key, &self.required)
+            && matches!(key.value, KeyArg::Body)
+        {
+            errors.error(
+                required.span,
+                "`required` conflicts with `key = body`: the body is always there to be the key; remove `required`",
+            );
+        }
+        if let (Some(key), Some(fp)) = (&self.key, &self.fingerprint)
+            && matches!(key.value, KeyArg::Body)
+            && matches!(fp.value, FingerprintArg::None)
+        {
+            errors.error(
+                fp.span,
+                "`fingerprint = none` conflicts with `key = body`: the body hash is the key; remove `fingerprint = none`",
+            );
+        }
+        if let (Some(ttl), Some(lease)) = (&self.ttl, &self.lease)
+            && lease.value > ttl.value
+        {
+            errors.error(
+                lease.span,
+                format!(
+                    "`lease` ({}) is longer than `ttl` ({}): a claim would outlive the response it protects; make the lease shorter",
+                    humantime::format_duration(lease.value),
+                    humantime::format_duration(ttl.value)
+                ),
+            );
+        }
+    }
+}
+
+/// Consumes `= value` or `(...)` after an argument we are not going to use.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        meta.input.parse::<Token![=]>()?;
+        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+            meta.input.parse::<proc_macro2::TokenTree>()?;
+        }
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.input.parse::<proc_macro2::Group>()?;
+    }
+    Ok(())
+}
+
+/// Reads `= "<duration>"`.
+fn duration(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    errors: &mut Errors,
+) -> syn::Result<Option<Duration>> {
+    let example = if name == "ttl" { "24h" } else { "30s" };
+    if !meta.input.peek(Token![=]) {
+        errors.error(
+            meta.path.span(),
+            format!("`{name}` needs a value: `{name} = \"{example}\"`"),
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    meta.input.parse::<Token![=]>()?;
+    let lit: syn::Lit = meta.input.parse()?;
+    let text = match &lit {
+        syn::Lit::Str(s) => s.value(),
+        syn::Lit::Int(i) => {
+            errors.error(
+                lit.span(),
+                format!("`{name}` takes a duration string with a unit; did you mean `{name} = \"{}s\"`?", i.base10_digits()),
+            );
+            return Ok(None);
+        }
+        _ => {
+            errors.error(
+                lit.span(),
+                format!("`{name}` takes a duration string such as `{name} = \"{example}\"`"),
+            );
+            return Ok(None);
+        }
+    };
+    match humantime::parse_duration(&text) {
+        Ok(d) if d.is_zero() => {
+            errors.error(lit.span(), format!("`{name}` must be longer than zero"));
+            Ok(None)
+        }
+        Ok(d) => Ok(Some(d)),
+        Err(_) => {
+            let hint = if !text.is_empty() && text.trim().bytes().all(|b| b.is_ascii_digit()) {
+                format!("; add a unit: `\"{}s\"`", text.trim())
+            } else {
+                format!("; write it like `\"{example}\"`, `\"90s\"`, `\"500ms\"` or `\"1h 30m\"`")
+            };
+            errors.error(lit.span(), format!("`{text}` is not a duration{hint}"));
+            Ok(None)
+        }
+    }
+}
+
+/// The strings of `ident("a", "b")`, with the span of the parentheses.
+type CallArgs = Option<(Span, Vec<LitStr>)>;
+
+/// Reads `= ident` or `= ident("string", ...)`; returns the ident and the strings.
+fn call(meta: &ParseNestedMeta<'_>) -> syn::Result<(Ident, CallArgs)> {
+    meta.input.parse::<Token![=]>()?;
+    let ident = meta.input.call(Ident::parse_any)?;
+    if !meta.input.peek(syn::token::Paren) {
+        return Ok((ident, None));
+    }
+    let content;
+    let paren = parenthesized!(content in meta.input);
+    let args = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
+    Ok((ident, Some((paren.span.join(), args.into_iter().collect()))))
+}
+
+/// One string argument: `name("value")`.
+fn single(ident: &Ident, args: CallArgs, example: &str, errors: &mut Errors) -> Option<LitStr> {
+    match args {
+        Some((_, mut lits)) if lits.len() == 1 => lits.pop(),
+        Some((span, _)) => {
+            errors.error(
+                span,
+                format!("`{ident}` takes one string: `{ident}(\"{example}\")`"),
+            );
+            None
+        }
+        None => {
+            errors.error(
+                ident.span(),
+                format!("`{ident}` needs an argument: `{ident}(\"{example}\")`"),
+            );
+            None
+        }
+    }
+}
+
+fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<KeyArg>> {
+    if !meta.input.peek(Token![=]) {
+        errors.error(meta.path.span(), "`key` needs a source: `key = header`, `key = header(\"X-Request-Id\")`, `key = query(\"name\")`, `key = json(\"/pointer\")` or `key = body`");
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let (ident, args) = call(meta)?;
+    let key = match ident.to_string().as_str() {
+        "header" => match args {
+            None => Some(KeyArg::Header("idempotency-key".into())),
+            Some(_) => single(&ident, args, "Idempotency-Key", errors)
+                .and_then(|lit| header_name(&lit, errors))
+                .map(KeyArg::Header),
+        },
+        "query" => single(&ident, args, "idempotency_key", errors).and_then(|lit| {
+            if lit.value().is_empty() {
+                errors.error(lit.span(), "the query parameter name is empty");
+                None
+            } else {
+                Some(KeyArg::Query(lit.value()))
+            }
+        }),
+        "json" => single(&ident, args, "/event/id", errors)
+            .and_then(|lit| json_pointer(&lit, errors))
+            .map(KeyArg::Json),
+        "body" => {
+            if let Some((span, _)) = args {
+                errors.error(span, "`body` takes no argument: write `key = body`");
+            }
+            Some(KeyArg::Body)
+        }
+        other => {
+            let hint = match suggest(other, KEY_SOURCES) {
+                Some(near) => format!("; did you mean `{near}`?"),
+                None => String::new(),
+            };
+            errors.error(
+                ident.span(),
+                format!("unknown key source `{other}`{hint}\nexpected `header`, `header(\"Name\")`, `query(\"name\")`, `json(\"/pointer\")` or `body`"),
+            );
+            None
+        }
+    };
+    Ok(key)
+}
+
+fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<ScopeArg>> {
+    if !meta.input.peek(Token![=]) {
+        errors.error(
+            meta.path.span(),
+            "`scope` needs a source: `scope = header(\"Authorization\")`",
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let (ident, args) = call(meta)?;
+    Ok(match ident.to_string().as_str() {
+        "header" => single(&ident, args, "Authorization", errors)
+            .and_then(|lit| header_name(&lit, errors))
+            .map(ScopeArg::Header),
+        other => {
+            errors.error(
+                ident.span(),
+                format!("unknown scope source `{other}`; expected `header(\"Name\")`"),
+            );
+            None
+        }
+    })
+}
+
+fn fingerprint(
+    meta: &ParseNestedMeta<'_>,
+    errors: &mut Errors,
+) -> syn::Result<Option<FingerprintArg>> {
+    if !meta.input.peek(Token![=]) {
+        errors.error(meta.path.span(), "`fingerprint` needs a value: `fingerprint = body`, `fingerprint = none` or `fingerprint = exclude(\"/pointer\")`");
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let (ident, args) = call(meta)?;
+    Ok(match (ident.to_string().as_str(), args) {
+        ("body", None) => Some(FingerprintArg::Body),
+        ("none", None) => Some(FingerprintArg::None),
+        ("exclude", Some((span, lits))) => {
+            if lits.is_empty() {
+                errors.error(
+                    span,
+                    "`exclude` needs at least one JSON pointer: `exclude(\"/sent_at\")`",
+                );
+                return Ok(None);
+            }
+            let pointers: Vec<String> = lits
+                .iter()
+                .filter_map(|lit| json_pointer(lit, errors))
+                .collect();
+            (pointers.len() == lits.len()).then_some(FingerprintArg::Exclude(pointers))
+        }
+        (name @ ("body" | "none"), Some((span, _))) => {
+            errors.error(
+                span,
+                format!("`{name}` takes no argument: write `fingerprint = {name}`"),
+            );
+            None
+        }
+        ("exclude", None) => {
+            errors.error(
+                ident.span(),
+                "`exclude` needs JSON pointers: `fingerprint = exclude(\"/sent_at\")`",
+            );
+            None
+        }
+        (other, _) => {
+            errors.error(
+                ident.span(),
+                format!("unknown fingerprint `{other}`; expected `body`, `none` or `exclude(\"/pointer\", ...)`"),
+            );
+            None
+        }
+    })
+}
+
+fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<StoreArg>> {
+    let lit: LitStr = meta.value()?.parse()?;
+    let mut store = StoreArg {
+        classes: Vec::new(),
+        codes: Vec::new(),
+    };
+    for part in lit.value().split(',').map(str::trim) {
+        let bytes = part.as_bytes();
+        let class = match bytes {
+            [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Some(d - b'0'),
+            _ => None,
+        };
+        match (class, part.parse::<u16>()) {
+            (Some(class), _) => store.classes.push(class),
+            (None, Ok(code)) if (100..=599).contains(&code) => store.codes.push(code),
+            _ => {
+                errors.error(
+                    lit.span(),
+                    format!("`{part}` is not a status class or code; write classes like `2xx` or codes like `409`, separated by commas: `store = \"2xx,4xx\"`"),
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(store))
+}
+
+/// Validates an HTTP header name and lowercases it.
+fn header_name(lit: &LitStr, errors: &mut Errors) -> Option<String> {
+    let name = lit.value();
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Some(name.to_ascii_lowercase())
+    } else {
+        errors.error(
+            lit.span(),
+            format!("`{name}` is not a valid header name; use letters, digits and `-`, like `\"X-Request-Id\"`"),
+        );
+        None
+    }
+}
+
+/// Validates an RFC 6901 JSON pointer.
+fn json_pointer(lit: &LitStr, errors: &mut Errors) -> Option<String> {
+    let pointer = lit.value();
+    let problem = if pointer.is_empty() {
+        Some(
+            "the pointer is empty, which names the whole body; point at a field like `\"/event/id\"`",
+        )
+    } else if !pointer.starts_with('/') {
+        Some("a JSON pointer starts with `/`")
+    } else if pointer
+        .match_indices('~')
+        .any(|(i, _)| !matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')))
+    {
+        Some("in a JSON pointer `~` must be followed by `0` (for `~`) or `1` (for `/`)")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => {
+            let fix = if !pointer.is_empty() && !pointer.starts_with('/') {
+                format!("; did you mean `\"/{}\"`?", pointer.replace('.', "/"))
+            } else {
+                String::new()
+            };
+            errors.error(
+                lit.span(),
+                format!("`{pointer}` is not a valid JSON pointer: {problem}{fix}"),
+            );
+            None
+        }
+        None => Some(pointer),
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    quoted.join(", ")
+}
+
+/// The closest valid name within two edits, if any.
+pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.min(c.len() / 2 + 1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,247 @@
+//! The app-wide handle: the store and the defaults every endpoint falls back to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+
+use crate::store::{DynStore, Store};
+
+/// The store and the app-wide defaults, given to the router once.
+///
+/// `#[idempotent]` handlers find it in the router state. Either make it the whole state:
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+///
+/// #[idempotent]
+/// async fn create() -> &'static str {
+///     "created"
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/things", post(create))
+///     .with_state(Idempotency::new(MemoryStore::new()));
+/// ```
+///
+/// or a field of your own state, reached through [`FromRef`]:
+///
+/// ```
+/// use axum::{Router, extract::{FromRef, State}, routing::post};
+/// use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+///
+/// #[derive(Clone, FromRef)]
+/// struct AppState {
+///     db: Db,
+///     idempotency: Idempotency,
+/// }
+///
+/// #[derive(Clone)]
+/// struct Db;
+///
+/// #[idempotent(ttl = "24h")]
+/// async fn create(State(_db): State<Db>) -> &'static str {
+///     "created"
+/// }
+///
+/// let state = AppState { db: Db, idempotency: Idempotency::new(MemoryStore::new()) };
+/// let app: Router = Router::new().route("/things", post(create)).with_state(state);
+/// ```
+#[derive(Clone)]
+pub struct Idempotency {
+    inner: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    store: Arc<dyn DynStore>,
+    ttl: Duration,
+    lease: Duration,
+    body_limit: usize,
+    response_limit: usize,
+    store_timeout: Duration,
+}
+
+impl fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("ttl", &self.inner.ttl)
+            .field("lease", &self.inner.lease)
+            .field("body_limit", &self.inner.body_limit)
+            .field("response_limit", &self.inner.response_limit)
+            .field("store_timeout", &self.inner.store_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idempotency {
+    /// How long a response is kept when the endpoint says nothing: 24 hours.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// How long a claim lives without renewal when the endpoint says nothing: 60 seconds.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+    /// The largest request body read: 2 MiB, as axum's own default.
+    pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+    /// The largest response stored: 4 MiB.
+    pub const DEFAULT_RESPONSE_LIMIT: usize = 4 * 1024 * 1024;
+    /// How long a store operation may take before the request fails closed: 5 seconds.
+    pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A handle over `store` with the default settings.
+    pub fn new(store: impl Store) -> Self {
+        Self {
+            inner: Arc::new(Config {
+                store: Arc::new(store),
+                ttl: Self::DEFAULT_TTL,
+                lease: Self::DEFAULT_LEASE,
+                body_limit: Self::DEFAULT_BODY_LIMIT,
+                response_limit: Self::DEFAULT_RESPONSE_LIMIT,
+                store_timeout: Self::DEFAULT_STORE_TIMEOUT,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.inner));
+        self
+    }
+
+    /// How long responses are kept for endpoints that set no `ttl`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new()).with_ttl(Duration::from_secs(3600));
+    /// assert_eq!(idempotency.ttl(), Duration::from_secs(3600));
+    /// ```
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        self.edit(|c| c.ttl = ttl.max(Duration::from_millis(1)))
+    }
+
+    /// The lease for endpoints that set no `lease`: how long a claim outlives a crashed
+    /// owner. A live owner renews it every third of the lease. At least 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new()).with_lease(Duration::from_secs(10));
+    /// assert_eq!(idempotency.lease(), Duration::from_secs(10));
+    /// ```
+    pub fn with_lease(self, lease: Duration) -> Self {
+        self.edit(|c| c.lease = lease.max(Duration::from_millis(1)))
+    }
+
+    /// The largest request body read for fingerprinting; larger ones get `413`.
+    ///
+    /// ```
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new()).with_body_limit(64 * 1024);
+    /// assert_eq!(idempotency.body_limit(), 64 * 1024);
+    /// ```
+    pub fn with_body_limit(self, bytes: usize) -> Self {
+        self.edit(|c| c.body_limit = bytes)
+    }
+
+    /// The largest response body stored. A larger one is still sent in full to the
+    /// first caller; retries then get a `409` problem (`#response-not-replayable`),
+    /// never a second execution.
+    ///
+    /// ```
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new()).with_response_limit(1024);
+    /// assert_eq!(idempotency.response_limit(), 1024);
+    /// ```
+    pub fn with_response_limit(self, bytes: usize) -> Self {
+        self.edit(|c| c.response_limit = bytes)
+    }
+
+    /// How long one store operation may take; past it the store counts as unavailable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new()).with_store_timeout(Duration::from_secs(1));
+    /// assert_eq!(idempotency.store_timeout(), Duration::from_secs(1));
+    /// ```
+    pub fn with_store_timeout(self, timeout: Duration) -> Self {
+        self.edit(|c| c.store_timeout = timeout)
+    }
+
+    /// The default TTL.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The default lease.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// The request body limit.
+    pub fn body_limit(&self) -> usize {
+        self.inner.body_limit
+    }
+
+    /// The stored response limit.
+    pub fn response_limit(&self) -> usize {
+        self.inner.response_limit
+    }
+
+    /// The store operation timeout.
+    pub fn store_timeout(&self) -> Duration {
+        self.inner.store_timeout
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn DynStore> {
+        &self.inner.store
+    }
+}
+
+/// A router state that gives `#[idempotent]` handlers their [`Idempotency`].
+///
+/// Implemented for every state `S` with `Idempotency: FromRef<S>`: an `Idempotency`
+/// itself, or a state with an `Idempotency` field and `#[derive(FromRef)]`.
+///
+/// ```
+/// use axum::extract::FromRef;
+/// use idempotent_runtime::{Idempotency, IdempotencyState, MemoryStore};
+///
+/// #[derive(Clone)]
+/// struct AppState {
+///     idempotency: Idempotency,
+/// }
+///
+/// impl FromRef<AppState> for Idempotency {
+///     fn from_ref(state: &AppState) -> Self {
+///         state.idempotency.clone()
+///     }
+/// }
+///
+/// let state = AppState { idempotency: Idempotency::new(MemoryStore::new()) };
+/// let _ = state.idempotency();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "the router state `{Self}` gives `#[idempotent]` handlers no idempotency store",
+    label = "`#[idempotent]` handlers need an `Idempotency` in the router state",
+    note = "pass one to the router with `.with_state(Idempotency::new(MemoryStore::new()))`, or add an `Idempotency` field to your state and `#[derive(FromRef)]` (or `impl FromRef<{Self}> for Idempotency`)"
+)]
+pub trait IdempotencyState {
+    /// The handle held by this state.
+    fn idempotency(&self) -> Idempotency;
+}
+
+#[diagnostic::do_not_recommend]
+impl<S> IdempotencyState for S
+where
+    Idempotency: FromRef<S>,
+{
+    fn idempotency(&self) -> Idempotency {
+        Idempotency::from_ref(self)
+    }
+}

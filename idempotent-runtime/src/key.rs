@@ -1,0 +1,316 @@
+//! Where the idempotency key comes from, how it is validated, and how it is namespaced.
+//!
+//! # Accepted keys
+//!
+//! The `Idempotency-Key` header of the IETF draft is a Structured Field string: `"abc"`,
+//! quoted, with `\"` and `\\` escapes. Most clients send the bare form (`abc`, a bare UUID),
+//! so both are accepted and mean the same key. A key is rejected with `400` when it is
+//! empty (`""` included), longer than [`MAX_KEY_LEN`] bytes once unquoted, contains a byte
+//! outside visible ASCII (`!` to `~`), or is a malformed quoted string; and when a request
+//! carries more than one key header.
+//!
+//! ```
+//! use idempotent_runtime::key::{KeyError, parse_key};
+//!
+//! assert_eq!(parse_key(b"8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
+//! assert_eq!(parse_key(br#""abc""#).unwrap(), "abc");
+//! assert_eq!(parse_key(br#""a\"b""#).unwrap(), r#"a"b"#);
+//! assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));
+//! assert!(matches!(parse_key(b"with space"), Err(KeyError::InvalidByte { .. })));
+//! ```
+//!
+//! # Namespace
+//!
+//! The stored key is a SHA-256 over (method, request path, scope, key), so the same key
+//! sent to two endpoints, or by two tenants when the endpoint sets a `scope`, never
+//! collides, and the raw key never reaches the store or the logs.
+
+use std::fmt;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+/// The longest accepted key, in bytes, once unquoted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The header read when an endpoint does not name one.
+pub const DEFAULT_HEADER: &str = "idempotency-key";
+
+/// Where an endpoint reads its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// A request header (lowercase name); `Idempotency-Key` by default.
+    Header(&'static str),
+    /// A query string parameter.
+    Query(&'static str),
+    /// A JSON pointer into the request body (`/event/id`).
+    Json(&'static str),
+    /// No client key: the request fingerprint is the key.
+    Body,
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        Self::Header(DEFAULT_HEADER)
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => write!(f, "the `{name}` header"),
+            Self::Query(name) => write!(f, "the `{name}` query parameter"),
+            Self::Json(pointer) => write!(f, "the body field at `{pointer}`"),
+            Self::Body => f.write_str("the request body"),
+        }
+    }
+}
+
+/// Why a key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is empty.
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`] bytes.
+    TooLong(usize),
+    /// The key contains a byte outside visible ASCII.
+    InvalidByte {
+        /// The offending byte.
+        byte: u8,
+        /// Its position in the unquoted key.
+        position: usize,
+    },
+    /// A quoted key is not a valid Structured Field string.
+    MalformedQuoted,
+    /// The request carries more than one key.
+    Multiple,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the idempotency key is empty"),
+            Self::TooLong(len) => write!(
+                f,
+                "the idempotency key is {len} bytes long; at most {MAX_KEY_LEN} are allowed"
+            ),
+            Self::InvalidByte { byte, position } => write!(
+                f,
+                "the idempotency key has byte 0x{byte:02x} at position {position}; only visible ASCII (`!` to `~`) is allowed"
+            ),
+            Self::MalformedQuoted => f.write_str(
+                "the idempotency key starts with `\"` but is not a valid quoted string (only `\\\"` and `\\\\` escapes, closing quote last)",
+            ),
+            Self::Multiple => f.write_str("the request carries more than one idempotency key"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Parses one key, quoted or bare, and validates it.
+pub fn parse_key(raw: &[u8]) -> Result<String, KeyError> {
+    let unquoted = match raw.first() {
+        Some(b'"') => unquote(raw)?,
+        _ => raw.to_vec(),
+    };
+    if unquoted.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if unquoted.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong(unquoted.len()));
+    }
+    if let Some(position) = unquoted.iter().position(|b| !b.is_ascii_graphic()) {
+        return Err(KeyError::InvalidByte {
+            byte: unquoted[position],
+            position,
+        });
+    }
+    // Visible ASCII is valid UTF-8.
+    String::from_utf8(unquoted).map_err(|_| KeyError::MalformedQuoted)
+}
+
+/// Reads the key from header `name`: `Ok(None)` when absent.
+pub fn key_from_headers(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(KeyError::Multiple);
+    }
+    parse_key(first.as_bytes()).map(Some)
+}
+
+/// Reads the key from query parameter `name`: `Ok(None)` when absent.
+pub fn key_from_query(query: Option<&str>, name: &str) -> Result<Option<String>, KeyError> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k) != name.as_bytes() {
+            continue;
+        }
+        if found.is_some() {
+            return Err(KeyError::Multiple);
+        }
+        found = Some(percent_decode(v));
+    }
+    found.map(|raw| parse_key(&raw)).transpose()
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn unquote(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let inner = raw
+        .strip_prefix(b"\"")
+        .and_then(|r| r.strip_suffix(b"\""))
+        .ok_or(KeyError::MalformedQuoted)?;
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(&c @ (b'"' | b'\\')) => out.push(c),
+                _ => return Err(KeyError::MalformedQuoted),
+            },
+            b'"' => return Err(KeyError::MalformedQuoted),
+            0x20..=0x7e => out.push(b),
+            _ => return Err(KeyError::MalformedQuoted),
+        }
+    }
+    Ok(out)
+}
+
+/// The stored key: a hex SHA-256 over (method, path, scope, key), each length-prefixed
+/// so that no two different tuples hash alike.
+pub fn namespace(method: &str, path: &str, scope: Option<&str>, key: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [method, path, scope.unwrap_or(""), key] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update([u8::from(scope.is_some())]);
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        use fmt::Write;
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_and_quoted_are_the_same_key() {
+        assert_eq!(parse_key(b"abc").unwrap(), parse_key(b"\"abc\"").unwrap());
+        assert_eq!(parse_key(br#""a\\b""#).unwrap(), r"a\b");
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        assert_eq!(parse_key(b""), Err(KeyError::Empty));
+        assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));
+        assert_eq!(parse_key(&[b'a'; 256]), Err(KeyError::TooLong(256)));
+        assert!(parse_key(&[b'a'; 255]).is_ok());
+        // 255 bytes once unquoted is fine even though the header is longer.
+        let mut quoted = vec![b'"'];
+        quoted.extend([b'a'; 255]);
+        quoted.push(b'"');
+        assert!(parse_key(&quoted).is_ok());
+        assert_eq!(parse_key(b"\"abc"), Err(KeyError::MalformedQuoted));
+        assert_eq!(parse_key(b"\"a\"b\""), Err(KeyError::MalformedQuoted));
+        assert_eq!(parse_key(br#""a\nb""#), Err(KeyError::MalformedQuoted));
+        assert_eq!(
+            parse_key(b"a\tb"),
+            Err(KeyError::InvalidByte {
+                byte: b'\t',
+                position: 1
+            })
+        );
+        assert_eq!(
+            parse_key("caf\u{e9}".as_bytes()),
+            Err(KeyError::InvalidByte {
+                byte: 0xc3,
+                position: 3
+            })
+        );
+        // A quoted space is a valid sf-string but not a valid key.
+        assert!(matches!(
+            parse_key(b"\"a b\""),
+            Err(KeyError::InvalidByte { .. })
+        ));
+    }
+
+    #[test]
+    fn more_than_one_header_is_an_error() {
+        let mut headers = HeaderMap::new();
+        headers.append("idempotency-key", "a".parse().unwrap());
+        assert_eq!(
+            key_from_headers(&headers, "idempotency-key"),
+            Ok(Some("a".into()))
+        );
+        headers.append("idempotency-key", "b".parse().unwrap());
+        assert_eq!(
+            key_from_headers(&headers, "idempotency-key"),
+            Err(KeyError::Multiple)
+        );
+        assert_eq!(key_from_headers(&headers, "x-other"), Ok(None));
+    }
+
+    #[test]
+    fn query_keys() {
+        assert_eq!(
+            key_from_query(Some("a=1&idempotency_key=k%2D1"), "idempotency_key"),
+            Ok(Some("k-1".into()))
+        );
+        assert_eq!(key_from_query(Some("a=1"), "idempotency_key"), Ok(None));
+        assert_eq!(key_from_query(None, "k"), Ok(None));
+        assert_eq!(
+            key_from_query(Some("k=1&k=2"), "k"),
+            Err(KeyError::Multiple)
+        );
+        assert_eq!(key_from_query(Some("k="), "k"), Err(KeyError::Empty));
+        assert_eq!(key_from_query(Some("k=%"), "k"), Ok(Some("%".into())));
+    }
+
+    #[test]
+    fn namespace_separates_every_part() {
+        let base = namespace("POST", "/orders", None, "k");
+        assert_eq!(base.len(), 64);
+        assert_ne!(base, namespace("PUT", "/orders", None, "k"));
+        assert_ne!(base, namespace("POST", "/orders/1", None, "k"));
+        assert_ne!(base, namespace("POST", "/orders", Some(""), "k"));
+        assert_ne!(base, namespace("POST", "/orders", Some("t1"), "k"));
+        assert_ne!(
+            namespace("POST", "/a", Some("b"), "k"),
+            namespace("POST", "/ab", Some(""), "k")
+        );
+    }
+}

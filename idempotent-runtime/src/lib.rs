@@ -1,0 +1,40 @@
+#![doc = include_str!("../docs/crate.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod fingerprint;
+pub mod key;
+pub mod policy;
+pub mod problem;
+pub mod protocol;
+pub mod response;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+mod idempotency;
+
+pub use fingerprint::Fingerprint;
+pub use idempotency::{Idempotency, IdempotencyState};
+pub use response::StoredResponse;
+pub use store::{Claim, FencingToken, MemoryStore, Record, Store, StoreError};
+
+#[cfg(feature = "macros")]
+pub use idempotent_macros::idempotent;
+
+/// What the `#[idempotent]` expansion refers to, and nothing else. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use axum::extract::{FromRequest, FromRequestParts, Request};
+    pub use axum::response::Response;
+    pub use core::clone::Clone;
+    pub use core::marker::{Send, Sync};
+    pub use core::option::Option::{None, Some};
+    pub use core::time::Duration;
+
+    pub use crate::IdempotencyState;
+    pub use crate::key::KeySource;
+    pub use crate::policy::StatusPolicy;
+    pub use crate::protocol::{Endpoint, FingerprintMode, RouterState, ScopeSource, run};
+}

@@ -1,0 +1,191 @@
+//! The errors the protocol itself produces, as RFC 9457 problem details.
+//!
+//! Every answer that does not come from the handler is `application/problem+json`
+//! with a stable `type`, a `title`, the `status` and a human `detail`:
+//!
+//! ```json
+//! {"type":"https://docs.rs/idempotent-runtime/latest/idempotent_runtime/problem/index.html#request-in-flight",
+//!  "title":"A request with this idempotency key is still being processed",
+//!  "status":409,
+//!  "detail":"retry after the first request completes"}
+//! ```
+//!
+//! | `type` anchor | status | when |
+//! | --- | --- | --- |
+//! | `#invalid-key` | 400 | the key is empty, longer than 255 bytes, not visible ASCII, or a malformed quoted string |
+//! | `#multiple-keys` | 400 | more than one key header |
+//! | `#missing-key` | 400 | the endpoint is `required` and the request has no key |
+//! | `#body-unreadable` | 400 | the request body could not be read |
+//! | `#request-in-flight` | 409 | another request with this key holds a live lease (`Retry-After` says when to retry) |
+//! | `#body-too-large` | 413 | the request body is larger than the limit |
+//! | `#key-reused` | 422 | the key was used with a different request body |
+//! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
+//! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
+//! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+/// Prefix of every problem `type` URI.
+pub const TYPE_BASE: &str =
+    "https://docs.rs/idempotent-runtime/latest/idempotent_runtime/problem/index.html#";
+
+/// What went wrong; each kind has a fixed status and `type`.
+///
+/// ```
+/// use idempotent_runtime::problem::ProblemKind;
+///
+/// assert_eq!(ProblemKind::InFlight.status(), 409);
+/// assert!(ProblemKind::InFlight.type_uri().ends_with("#request-in-flight"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The key is empty, too long, not visible ASCII or a malformed quoted string (400).
+    InvalidKey,
+    /// More than one key header (400).
+    MultipleKeys,
+    /// The endpoint requires a key and the request has none (400).
+    MissingKey,
+    /// The request body could not be read (400).
+    BodyUnreadable,
+    /// Another request with the same key holds a live lease (409).
+    InFlight,
+    /// The request body is larger than the limit (413).
+    BodyTooLarge,
+    /// The key was already used with a different request (422).
+    KeyReused,
+    /// The handler panicked (500).
+    HandlerPanicked,
+    /// The first response was too large to store, so it cannot be replayed (409).
+    ResponseNotReplayable,
+    /// The store is unreachable; nothing ran (503).
+    StoreUnavailable,
+}
+
+impl ProblemKind {
+    /// The HTTP status of this problem.
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::InvalidKey | Self::MultipleKeys | Self::MissingKey | Self::BodyUnreadable => 400,
+            Self::InFlight | Self::ResponseNotReplayable => 409,
+            Self::BodyTooLarge => 413,
+            Self::KeyReused => 422,
+            Self::HandlerPanicked => 500,
+            Self::StoreUnavailable => 503,
+        }
+    }
+
+    /// The anchor that ends the `type` URI.
+    pub const fn slug(self) -> &'static str {
+        match self {
+            Self::InvalidKey => "invalid-key",
+            Self::MultipleKeys => "multiple-keys",
+            Self::MissingKey => "missing-key",
+            Self::BodyUnreadable => "body-unreadable",
+            Self::InFlight => "request-in-flight",
+            Self::BodyTooLarge => "body-too-large",
+            Self::KeyReused => "key-reused",
+            Self::HandlerPanicked => "handler-panicked",
+            Self::ResponseNotReplayable => "response-not-replayable",
+            Self::StoreUnavailable => "store-unavailable",
+        }
+    }
+
+    /// The full, stable `type` URI.
+    pub fn type_uri(self) -> String {
+        format!("{TYPE_BASE}{}", self.slug())
+    }
+
+    /// A short summary that does not change from occurrence to occurrence.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::InvalidKey => "The idempotency key is invalid",
+            Self::MultipleKeys => "More than one idempotency key was sent",
+            Self::MissingKey => "This endpoint requires an idempotency key",
+            Self::BodyUnreadable => "The request body could not be read",
+            Self::InFlight => "A request with this idempotency key is still being processed",
+            Self::BodyTooLarge => "The request body is too large",
+            Self::KeyReused => "The idempotency key was already used for a different request",
+            Self::HandlerPanicked => "The request failed; it may be retried",
+            Self::ResponseNotReplayable => {
+                "The request was processed but its response cannot be replayed"
+            }
+            Self::StoreUnavailable => "The idempotency store is unavailable",
+        }
+    }
+}
+
+/// A problem details response.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use idempotent_runtime::problem::{Problem, ProblemKind};
+///
+/// let response = Problem::new(ProblemKind::MissingKey, "send an `Idempotency-Key` header").into_response();
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(response.headers()["content-type"], "application/problem+json");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Problem {
+    kind: ProblemKind,
+    detail: String,
+    retry_after: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of `kind` with a human explanation.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `Retry-After` header, in whole seconds.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+
+    /// The human explanation.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The JSON body of the problem.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": self.kind.type_uri(),
+            "title": self.kind.title(),
+            "status": self.kind.status(),
+            "detail": self.detail,
+        })
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

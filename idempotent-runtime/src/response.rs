@@ -1,0 +1,312 @@
+//! Capturing a handler's response and replaying it.
+//!
+//! A stored response keeps the status (a `201` stays a `201`), the headers and the body
+//! byte for byte. Headers that describe one connection or one caller are never stored:
+//! the hop-by-hop headers of RFC 9110 (`Connection`, `Keep-Alive`, `Proxy-*`, `TE`,
+//! `Trailer`, `Transfer-Encoding`, `Upgrade`), `Content-Length` (recomputed on replay) and
+//! `Set-Cookie` (a session cookie must not reach whoever retries). Repeated headers and
+//! non-UTF-8 values are kept as they are. A replay carries `Idempotent-Replayed: true`.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+/// The header added to every replayed response.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+const NEVER_STORED: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+    header::SET_COOKIE,
+];
+
+/// A response as the store keeps it.
+///
+/// ```
+/// use idempotent_runtime::StoredResponse;
+/// use http::{HeaderMap, StatusCode};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("location", "/orders/7".parse().unwrap());
+/// let stored = StoredResponse::new(StatusCode::CREATED, headers, "{\"id\":7}".into());
+/// let bytes = stored.to_bytes();
+/// assert_eq!(StoredResponse::from_bytes(&bytes).unwrap(), stored);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl fmt::Debug for StoredResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A stored response that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(&'static str);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stored response is corrupt: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+const MAGIC: &[u8; 4] = b"IDR1";
+
+impl StoredResponse {
+    /// A response to store; headers that must never be replayed are dropped.
+    pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Self {
+        for name in &NEVER_STORED {
+            headers.remove(name);
+        }
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// A compact binary form for stores that keep bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let headers_len: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum();
+        let mut out = BytesMut::with_capacity(10 + headers_len + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u16(self.status.as_u16());
+        out.put_u32(self.headers.len() as u32);
+        for (name, value) in &self.headers {
+            out.put_u16(name.as_str().len() as u16);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_slice(&self.body);
+        out.to_vec()
+    }
+
+    /// Reads back what [`to_bytes`](Self::to_bytes) wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut buf = bytes;
+        if buf.len() < 10 || &buf[..4] != MAGIC {
+            return Err(DecodeError("bad header"));
+        }
+        buf.advance(4);
+        let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("bad status"))?;
+        let count = buf.get_u32() as usize;
+        let mut headers = HeaderMap::with_capacity(count.min(64));
+        for _ in 0..count {
+            let name = take(&mut buf, 2)?;
+            let name = HeaderName::from_bytes(name).map_err(|_| DecodeError("bad header name"))?;
+            let value = take(&mut buf, 4)?;
+            let value =
+                HeaderValue::from_bytes(value).map_err(|_| DecodeError("bad header value"))?;
+            headers.append(name, value);
+        }
+        Ok(Self {
+            status,
+            headers,
+            body: Bytes::copy_from_slice(buf),
+        })
+    }
+
+    /// The response sent to a retry: the stored one plus `Idempotent-Replayed: true`.
+    pub fn replay(&self) -> Response {
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        response
+    }
+}
+
+fn take<'a>(buf: &mut &'a [u8], len_bytes: usize) -> Result<&'a [u8], DecodeError> {
+    if buf.len() < len_bytes {
+        return Err(DecodeError("truncated"));
+    }
+    let len = if len_bytes == 2 {
+        buf.get_u16() as usize
+    } else {
+        buf.get_u32() as usize
+    };
+    if buf.len() < len {
+        return Err(DecodeError("truncated"));
+    }
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
+}
+
+/// What [`capture`] made of a response.
+pub(crate) enum Captured {
+    /// The whole body fit: the record to store and the response for the caller.
+    Complete(StoredResponse, Response),
+    /// The body is larger than the limit: the caller still gets all of it.
+    TooLarge(Response),
+    /// The body failed while being read.
+    Failed(axum::Error),
+}
+
+/// Buffers a response body up to `limit` bytes.
+pub(crate) async fn capture(response: Response, limit: usize) -> Captured {
+    let (parts, mut body) = response.into_parts();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return Captured::Failed(err),
+        };
+        // Trailers are not kept: they are rare in responses and not replayable by most clients.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        chunks.push(data);
+        if total > limit {
+            let body = Body::new(Prefixed {
+                prefix: chunks,
+                rest: body,
+            });
+            return Captured::TooLarge(Response::from_parts(parts, body));
+        }
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            for chunk in &chunks {
+                joined.put_slice(chunk);
+            }
+            joined.freeze()
+        }
+    };
+    let stored = StoredResponse::new(parts.status, parts.headers.clone(), body.clone());
+    Captured::Complete(stored, Response::from_parts(parts, Body::from(body)))
+}
+
+/// A body whose first chunks were already read.
+struct Prefixed {
+    prefix: Vec<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if !self.prefix.is_empty() {
+            let chunk = self.prefix.remove(0);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_repeated_and_binary_headers() {
+        let mut headers = HeaderMap::new();
+        headers.append("vary", "a".parse().unwrap());
+        headers.append("vary", "b".parse().unwrap());
+        headers.insert("x-bin", HeaderValue::from_bytes(&[0xff, 0x80]).unwrap());
+        headers.insert("set-cookie", "session=1".parse().unwrap());
+        headers.insert("connection", "close".parse().unwrap());
+        let stored =
+            StoredResponse::new(StatusCode::CREATED, headers, Bytes::from_static(&[0, 1, 2]));
+        assert!(stored.headers().get("set-cookie").is_none());
+        assert!(stored.headers().get("connection").is_none());
+        let back = StoredResponse::from_bytes(&stored.to_bytes()).unwrap();
+        assert_eq!(back, stored);
+        assert_eq!(back.headers().get_all("vary").iter().count(), 2);
+        assert_eq!(back.headers()["x-bin"].as_bytes(), &[0xff, 0x80]);
+    }
+
+    #[test]
+    fn corrupt_bytes_are_an_error_not_a_panic() {
+        let stored =
+            StoredResponse::new(StatusCode::OK, HeaderMap::new(), Bytes::from_static(b"x"));
+        let bytes = stored.to_bytes();
+        for len in 0..bytes.len() - 1 {
+            let _ = StoredResponse::from_bytes(&bytes[..len]);
+        }
+        assert!(StoredResponse::from_bytes(b"nope").is_err());
+        let mut bad = bytes.clone();
+        bad[7..10].copy_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(StoredResponse::from_bytes(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_still_sent_whole() {
+        let response = Response::new(Body::from(vec![7u8; 100]));
+        match capture(response, 10).await {
+            Captured::TooLarge(response) => {
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body.len(), 100);
+            }
+            _ => panic!("expected TooLarge"),
+        }
+    }
+}

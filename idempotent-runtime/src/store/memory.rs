@@ -1,0 +1,310 @@
+//! The embedded store: one process, no server.
+//!
+//! Entries live in a sharded map. Each entry has a deadline: the end of its lease while in
+//! flight, the end of its TTL once completed. Past it the entry counts as absent, and it
+//! is removed by a bounded sweep that every operation runs on its shard (at most
+//! [`SWEEP_BATCH`] entries at a time), so memory is bounded by the live records, with no
+//! background task needed. [`MemoryStore::purge_expired`] sweeps everything at once.
+//!
+//! Use it for a single replica, for tests, and as the default of the `orders` example.
+//! Several replicas need a shared store (Redis or Postgres).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::{Future, ready};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Claim, FencingToken, Record, Store, StoreError};
+use crate::{Fingerprint, StoredResponse};
+
+/// How many expired entries one operation removes at most.
+pub const SWEEP_BATCH: usize = 32;
+
+const SHARDS: usize = 16;
+
+/// The embedded in-process store.
+///
+/// Cloning is cheap and shares the map.
+///
+/// ```
+/// use idempotent_runtime::{Idempotency, MemoryStore};
+///
+/// let idempotency = Idempotency::new(MemoryStore::new());
+/// # let _ = idempotency;
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    next_token: AtomicU64,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            next_token: AtomicU64::new(1),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<String, Entry>,
+    /// Deadlines in order; stale ones (the entry was renewed or replaced) are skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+}
+
+struct Entry {
+    fingerprint: Fingerprint,
+    token: FencingToken,
+    deadline: Instant,
+    response: Option<StoredResponse>,
+}
+
+impl Entry {
+    fn record(&self, now: Instant) -> Record {
+        match &self.response {
+            Some(response) => Record::Completed {
+                fingerprint: self.fingerprint,
+                response: response.clone(),
+            },
+            None => Record::InFlight {
+                fingerprint: self.fingerprint,
+                lease_remaining: self.deadline - now,
+            },
+        }
+    }
+}
+
+impl Shard {
+    fn sweep(&mut self, now: Instant, limit: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..limit {
+            match self.deadlines.peek() {
+                Some(Reverse((deadline, _))) if *deadline <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((deadline, key))) = self.deadlines.pop() else {
+                break;
+            };
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.deadline == deadline)
+            {
+                self.entries.remove(&key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn set_deadline(&mut self, key: &str, deadline: Instant) {
+        self.deadlines.push(Reverse((deadline, key.to_owned())));
+    }
+
+    /// The entry under `key` if it is live and in flight under `token`.
+    fn owned(&mut self, key: &str, token: FencingToken, now: Instant) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(key)
+            .filter(|e| e.token == token && e.response.is_none() && e.deadline > now)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many entries are held, expired ones not yet swept included.
+    ///
+    /// ```
+    /// assert_eq!(idempotent_runtime::MemoryStore::new().len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).entries.len())
+            .sum()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every expired entry now; returns how many went.
+    ///
+    /// ```
+    /// assert_eq!(idempotent_runtime::MemoryStore::new().purge_expired(), 0);
+    /// ```
+    pub fn purge_expired(&self) -> usize {
+        let now = Instant::now();
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).sweep(now, usize::MAX))
+            .sum()
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.inner.hasher.hash_one(key) as usize % SHARDS;
+        let mut shard = lock(&self.inner.shards[index]);
+        shard.sweep(Instant::now(), SWEEP_BATCH);
+        shard
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Nothing here panics while holding the lock; if something ever did, the map is
+    // still consistent, so keep going.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store for MemoryStore {
+    fn claim(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let claim = match shard.entries.get(key).filter(|e| e.deadline > now) {
+            Some(entry) => Claim::Existing(entry.record(now)),
+            None => {
+                let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
+                let deadline = now + lease;
+                shard.entries.insert(
+                    key.to_owned(),
+                    Entry {
+                        fingerprint,
+                        token,
+                        deadline,
+                        response: None,
+                    },
+                );
+                shard.set_deadline(key, deadline);
+                Claim::Acquired(token)
+            }
+        };
+        ready(Ok(claim))
+    }
+
+    fn renew(
+        &self,
+        key: &str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let renewed = match shard.owned(key, token, now) {
+            Some(entry) => {
+                entry.deadline = now + lease;
+                true
+            }
+            None => false,
+        };
+        if renewed {
+            shard.set_deadline(key, now + lease);
+        }
+        ready(Ok(renewed))
+    }
+
+    fn complete(
+        &self,
+        key: &str,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let completed = match shard.owned(key, token, now) {
+            Some(entry) => {
+                entry.deadline = now + ttl;
+                entry.response = Some(response.clone());
+                true
+            }
+            None => false,
+        };
+        if completed {
+            shard.set_deadline(key, now + ttl);
+        }
+        ready(Ok(completed))
+    }
+
+    fn release(
+        &self,
+        key: &str,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let released = shard.owned(key, token, now).is_some();
+        if released {
+            shard.entries.remove(key);
+        }
+        ready(Ok(released))
+    }
+
+    fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let now = Instant::now();
+        let shard = self.shard(key);
+        let record = shard
+            .entries
+            .get(key)
+            .filter(|e| e.deadline > now)
+            .map(|e| e.record(now));
+        ready(Ok(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_without_a_background_task() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"x");
+        for i in 0..1000 {
+            store
+                .claim(&format!("k{i}"), fp, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.len(), 1000);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Each operation sweeps a bounded batch of its shard.
+        for i in 0..200 {
+            store.lookup(&format!("other{i}")).await.unwrap();
+        }
+        let left = store.len();
+        assert!(left < 1000, "sweeping made no progress: {left}");
+        assert_eq!(store.purge_expired(), left);
+        assert!(store.is_empty());
+    }
+}
