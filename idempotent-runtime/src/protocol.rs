@@ -121,24 +121,28 @@ where
         Ok(Prepared::PassThrough(request)) => return handler.call(request, state).await,
         Err(problem) => return problem.into_response(),
     };
-    let token = match claim(endpoint, &idempotency, &prepared.key, prepared.fingerprint).await {
-        Ok(token) => token,
-        Err(response) => return response,
+    // Claim and handler run in a task of their own, so that a client that goes away
+    // cancels neither a claim the store has already granted (the key would stay in flight
+    // until its lease lapsed) nor the handler it protects: the retry then finds the
+    // stored response instead of running the handler again.
+    let task = async move {
+        let token = match claim(endpoint, &idempotency, &prepared.key, prepared.fingerprint).await {
+            Ok(token) => token,
+            Err(response) => return response,
+        };
+        let run = Execution {
+            store: Arc::clone(idempotency.store()),
+            key: prepared.key,
+            token,
+            lease: endpoint.lease.unwrap_or(idempotency.lease()),
+            ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
+            policy: endpoint.policy,
+            response_limit: idempotency.response_limit(),
+            store_timeout: idempotency.store_timeout(),
+        };
+        run.execute(handler.call(prepared.request, state)).await
     };
-    let run = Execution {
-        store: Arc::clone(idempotency.store()),
-        key: prepared.key,
-        token,
-        lease: endpoint.lease.unwrap_or(idempotency.lease()),
-        ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
-        policy: endpoint.policy,
-        response_limit: idempotency.response_limit(),
-        store_timeout: idempotency.store_timeout(),
-    };
-    let handler = handler.call(prepared.request, state);
-    // The handler runs to completion in its own task even if this future is dropped
-    // because the client went away: the retry then finds the stored response.
-    match tokio::spawn(run.execute(handler)).await {
+    match tokio::spawn(task).await {
         Ok(response) => response,
         Err(err) => {
             tracing::error!(target: TARGET, error = %err, "idempotent request task failed");

@@ -1,0 +1,634 @@
+//! The per-request protocol, through a real `Router`: every outcome a client can see.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{any, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use idempotent_runtime::{
+    Claim, FencingToken, Fingerprint, Idempotency, MemoryStore, Record, Store, StoreError,
+    StoredResponse, idempotent,
+};
+use tower::ServiceExt;
+
+#[derive(Clone, FromRef)]
+struct AppState {
+    runs: Runs,
+    idempotency: Idempotency,
+}
+
+/// How often the handlers ran.
+#[derive(Clone, Default)]
+struct Runs(Arc<AtomicUsize>);
+
+impl Runs {
+    fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[idempotent]
+async fn create(State(runs): State<Runs>, body: Bytes) -> impl IntoResponse {
+    let n = runs.bump();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::LOCATION, HeaderValue::from_static("/orders/7"));
+    headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+    headers.append("x-trace", HeaderValue::from_static("a"));
+    headers.append("x-trace", HeaderValue::from_static("b"));
+    headers.insert(
+        "x-binary",
+        HeaderValue::from_bytes(&[0xfe, b'z']).expect("a valid opaque header value"),
+    );
+    headers.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("session=s3cret"),
+    );
+    let body = format!("run {n}: {}", String::from_utf8_lossy(&body));
+    (StatusCode::CREATED, headers, body)
+}
+
+#[idempotent(required)]
+async fn create_json(State(runs): State<Runs>, Json(v): Json<serde_json::Value>) -> Response {
+    let n = runs.bump();
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "run": n, "echo": v })),
+    )
+        .into_response()
+}
+
+/// Answers with the status given in the body, so a test can choose it.
+#[idempotent]
+async fn status_from_body(State(runs): State<Runs>, body: String) -> (StatusCode, String) {
+    status_from_body_inner(&runs, &body)
+}
+
+#[idempotent(store = "2xx,4xx")]
+async fn keeps_client_errors(State(runs): State<Runs>, body: String) -> (StatusCode, String) {
+    status_from_body_inner(&runs, &body)
+}
+
+fn status_from_body_inner(runs: &Runs, body: &str) -> (StatusCode, String) {
+    let n = runs.bump();
+    let status = body.trim().parse().unwrap_or(200);
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        format!("run {n}"),
+    )
+}
+
+/// Panics on its first run only.
+#[idempotent]
+async fn panics_once(State(runs): State<Runs>) -> &'static str {
+    if runs.bump() == 1 {
+        panic!("the payment provider returned nonsense");
+    }
+    "paid"
+}
+
+/// Takes `x-sleep-ms` milliseconds.
+#[idempotent(lease = "100ms")]
+async fn slow(State(runs): State<Runs>, headers: HeaderMap) -> String {
+    let n = runs.bump();
+    let ms = headers
+        .get("x-sleep-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("run {n}")
+}
+
+type Response = axum::response::Response;
+
+fn app_with(idempotency: Idempotency) -> (Router, Runs) {
+    let runs = Runs::default();
+    let state = AppState {
+        runs: runs.clone(),
+        idempotency,
+    };
+    let app = Router::new()
+        .route("/create", any(create))
+        .route("/other", post(create))
+        .route("/json", post(create_json))
+        .route("/status", post(status_from_body))
+        .route("/keep4xx", post(keeps_client_errors))
+        .route("/panic", post(panics_once))
+        .route("/slow", post(slow))
+        .with_state(state);
+    (app, runs)
+}
+
+fn app() -> (Router, Runs) {
+    app_with(Idempotency::new(MemoryStore::new()))
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+
+    fn problem(&self) -> serde_json::Value {
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            "application/problem+json",
+            "protocol errors are problem+json"
+        );
+        serde_json::from_slice(&self.body).expect("a problem body is JSON")
+    }
+
+    /// The anchor of the problem `type`.
+    fn problem_type(&self) -> String {
+        let problem = self.problem();
+        assert_eq!(problem["status"], self.status.as_u16());
+        assert!(problem["title"].is_string() && problem["detail"].is_string());
+        let ty = problem["type"].as_str().expect("type is a string");
+        ty.rsplit_once('#')
+            .expect("type has an anchor")
+            .1
+            .to_owned()
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router is infallible");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+fn request(method: Method, uri: &str, key: Option<&[u8]>, body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        builder = builder.header(
+            "idempotency-key",
+            HeaderValue::from_bytes(key).expect("test keys are valid header values"),
+        );
+    }
+    builder
+        .body(Body::from(body.to_owned()))
+        .expect("a valid request")
+}
+
+fn post_with(uri: &str, key: &str, body: &str) -> Request<Body> {
+    request(Method::POST, uri, Some(key.as_bytes()), body)
+}
+
+fn json_post(uri: &str, key: &str, body: &str) -> Request<Body> {
+    let mut req = post_with(uri, key, body);
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    req
+}
+
+#[tokio::test]
+async fn a_retry_replays_status_headers_and_body_without_running_again() {
+    let (app, runs) = app();
+    let first = send(&app, post_with("/create", "k-1", "pay 10")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.replayed(), "the first answer is not a replay");
+    assert_eq!(first.headers[header::SET_COOKIE], "session=s3cret");
+
+    let retry = send(&app, post_with("/create", "k-1", "pay 10")).await;
+    assert_eq!(runs.get(), 1, "the handler ran once");
+    assert_eq!(retry.status, StatusCode::CREATED, "201 stays 201");
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body, "body byte for byte");
+    for name in ["location", "etag", "x-binary", "content-type"] {
+        assert_eq!(retry.headers.get(name), first.headers.get(name), "{name}");
+    }
+    let traces: Vec<_> = retry.headers.get_all("x-trace").iter().collect();
+    assert_eq!(traces, ["a", "b"], "repeated headers kept in order");
+    assert!(
+        retry.headers.get(header::SET_COOKIE).is_none(),
+        "a session cookie is never replayed to whoever retries"
+    );
+}
+
+#[tokio::test]
+async fn quoted_and_bare_keys_are_the_same_key() {
+    let (app, runs) = app();
+    send(&app, post_with("/create", "abc", "x")).await;
+    let retry = send(&app, post_with("/create", "\"abc\"", "x")).await;
+    assert!(retry.replayed());
+    let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    send(&app, post_with("/create", uuid, "x")).await;
+    assert!(send(&app, post_with("/create", uuid, "x")).await.replayed());
+    assert_eq!(runs.get(), 2);
+}
+
+#[tokio::test]
+async fn reserialised_json_is_the_same_request() {
+    let (app, runs) = app();
+    let first = send(
+        &app,
+        json_post("/json", "k", r#"{"amount":10,"currency":"EUR"}"#),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retry = send(
+        &app,
+        json_post(
+            "/json",
+            "k",
+            "{\n  \"currency\": \"EUR\",\n  \"amount\": 10\n}",
+        ),
+    )
+    .await;
+    assert!(retry.replayed(), "key order and whitespace do not matter");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_422() {
+    let (app, runs) = app();
+    send(&app, json_post("/json", "k", r#"{"amount":10}"#)).await;
+    let reused = send(&app, json_post("/json", "k", r#"{"amount":11}"#)).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.problem_type(), "key-reused");
+    assert_eq!(runs.get(), 1);
+    // The original request still replays.
+    assert!(
+        send(&app, json_post("/json", "k", r#"{"amount":10}"#))
+            .await
+            .replayed()
+    );
+}
+
+#[tokio::test]
+async fn a_key_is_scoped_to_method_and_path() {
+    let (app, runs) = app();
+    for (method, uri) in [
+        (Method::POST, "/create"),
+        (Method::PUT, "/create"),
+        (Method::PATCH, "/create"),
+        (Method::DELETE, "/create"),
+        (Method::POST, "/other"),
+    ] {
+        let answer = send(&app, request(method.clone(), uri, Some(b"shared"), "x")).await;
+        assert!(!answer.replayed(), "{method} {uri} is a different request");
+    }
+    assert_eq!(runs.get(), 5);
+}
+
+#[tokio::test]
+async fn safe_methods_pass_straight_through() {
+    let (app, runs) = app();
+    for method in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+        for _ in 0..2 {
+            let answer = send(&app, request(method.clone(), "/create", Some(b"k"), "")).await;
+            assert!(!answer.replayed(), "{method} is never replayed");
+        }
+    }
+    assert_eq!(runs.get(), 8, "each safe request ran the handler");
+}
+
+#[tokio::test]
+async fn a_missing_key_passes_through_unless_required() {
+    let (app, runs) = app();
+    for _ in 0..2 {
+        let answer = send(&app, request(Method::POST, "/create", None, "x")).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert!(!answer.replayed());
+    }
+    assert_eq!(runs.get(), 2);
+
+    let mut req = request(Method::POST, "/json", None, "{}");
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let answer = send(&app, req).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.problem_type(), "missing-key");
+    assert!(
+        answer.problem()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("idempotency-key")),
+        "the detail names the header to send"
+    );
+    assert_eq!(runs.get(), 2, "a required key missing runs nothing");
+}
+
+#[tokio::test]
+async fn invalid_keys_are_rejected_with_400() {
+    let (app, runs) = app();
+    let long = "k".repeat(256);
+    let cases: [(&str, &[u8], &str); 7] = [
+        ("empty", b"", "invalid-key"),
+        ("empty quoted", b"\"\"", "invalid-key"),
+        ("longer than 255 bytes", long.as_bytes(), "invalid-key"),
+        ("not ASCII", b"caf\xc3\xa9", "invalid-key"),
+        ("a space", b"\"a b\"", "invalid-key"),
+        ("unterminated quote", b"\"abc", "invalid-key"),
+        ("bad escape", b"\"a\\nb\"", "invalid-key"),
+    ];
+    for (what, key, kind) in cases {
+        let answer = send(&app, request(Method::POST, "/create", Some(key), "x")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{what}");
+        assert_eq!(answer.problem_type(), kind, "{what}");
+    }
+    let mut two = request(Method::POST, "/create", Some(b"a"), "x");
+    two.headers_mut()
+        .append("idempotency-key", HeaderValue::from_static("b"));
+    let answer = send(&app, two).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.problem_type(), "multiple-keys");
+    assert_eq!(runs.get(), 0, "no invalid request reached the handler");
+
+    // 255 bytes is still fine.
+    let longest = "k".repeat(255);
+    let answer = send(&app, post_with("/create", &longest, "x")).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_and_consumes_nothing() {
+    let (app, runs) = app_with(Idempotency::new(MemoryStore::new()).with_body_limit(16));
+    let big = "x".repeat(17);
+    let answer = send(&app, post_with("/create", "k", &big)).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.problem_type(), "body-too-large");
+
+    // A streamed body without Content-Length is caught too.
+    let stream = futures::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"abcdefgh"))),
+    );
+    let mut req = post_with("/create", "k", "");
+    *req.body_mut() = Body::from_stream(stream);
+    let answer = send(&app, req).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(runs.get(), 0);
+
+    let answer = send(&app, post_with("/create", "k", "small")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CREATED,
+        "the key was not used up"
+    );
+}
+
+#[tokio::test]
+async fn only_2xx_is_stored_by_default_and_anything_else_runs_again() {
+    let (app, runs) = app();
+    for status in ["400", "404", "409", "500", "503"] {
+        let first = send(&app, post_with("/status", status, status)).await;
+        assert_eq!(first.status.as_str(), status);
+        let retry = send(&app, post_with("/status", status, status)).await;
+        assert_eq!(retry.status.as_str(), status);
+        assert!(!retry.replayed(), "{status} is not stored");
+    }
+    assert_eq!(runs.get(), 10, "each retry of a non-2xx answer ran again");
+    let first = send(&app, post_with("/status", "202", "202")).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert!(
+        send(&app, post_with("/status", "202", "202"))
+            .await
+            .replayed()
+    );
+}
+
+#[tokio::test]
+async fn store_2xx_4xx_keeps_client_errors_but_never_retry_later_answers() {
+    let (app, runs) = app();
+    for (status, kept) in [
+        ("404", true),
+        ("422", true),
+        ("408", false),
+        ("429", false),
+        ("500", false),
+    ] {
+        send(&app, post_with("/keep4xx", status, status)).await;
+        let retry = send(&app, post_with("/keep4xx", status, status)).await;
+        assert_eq!(retry.status.as_str(), status);
+        assert_eq!(retry.replayed(), kept, "{status}");
+    }
+    assert_eq!(runs.get(), 2 + 3 * 2);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_releases_its_key() {
+    let (app, runs) = app();
+    let first = send(&app, post_with("/panic", "k", "")).await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.problem_type(), "handler-panicked");
+    let retry = send(&app, post_with("/panic", "k", "")).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::OK,
+        "the retry ran the handler again"
+    );
+    assert_eq!(&retry.body[..], b"paid");
+    assert_eq!(runs.get(), 2);
+    assert!(send(&app, post_with("/panic", "k", "")).await.replayed());
+}
+
+fn slow_request(key: &str, body: &str, sleep_ms: u64) -> Request<Body> {
+    let mut req = post_with("/slow", key, body);
+    req.headers_mut()
+        .insert("x-sleep-ms", HeaderValue::from(sleep_ms));
+    req
+}
+
+#[tokio::test]
+async fn a_duplicate_while_in_flight_gets_409_with_retry_after() {
+    let (app, runs) = app();
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow_request("k", "a", 400)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let duplicate = send(&app, slow_request("k", "a", 400)).await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    assert_eq!(duplicate.problem_type(), "request-in-flight");
+    let retry_after: u64 = duplicate.headers[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!(retry_after >= 1);
+
+    // A different body is the client's mistake, reported even while in flight.
+    let mismatch = send(&app, slow_request("k", "b", 400)).await;
+    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let first = first.await.expect("first request");
+    assert_eq!(first.status, StatusCode::OK);
+    let after = send(&app, slow_request("k", "a", 400)).await;
+    assert!(after.replayed());
+    assert_eq!(after.body, first.body);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_its_lease_is_never_run_twice() {
+    let (app, runs) = app();
+    // The lease is 100 ms; the handler takes 600 ms. Its owner renews the lease, so
+    // duplicates sent well after the first lease would have lapsed still see it in flight.
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow_request("k", "a", 600)).await }
+    });
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        let duplicate = send(&app, slow_request("k", "a", 600)).await;
+        assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    }
+    assert_eq!(first.await.expect("first").status, StatusCode::OK);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_response_too_large_to_keep_is_sent_once_and_never_run_again() {
+    let (app, runs) = app_with(Idempotency::new(MemoryStore::new()).with_response_limit(8));
+    let first = send(&app, post_with("/create", "k", "a long enough body")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(&first.body[..], b"run 1: a long enough body", "sent whole");
+    let retry = send(&app, post_with("/create", "k", "a long enough body")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.problem_type(), "response-not-replayable");
+    assert!(retry.replayed());
+    assert_eq!(runs.get(), 1);
+}
+
+/// A store whose server is gone: every operation fails, or never answers.
+#[derive(Clone, Copy)]
+enum Broken {
+    Failing,
+    Hanging,
+}
+
+impl Broken {
+    async fn answer<T>(self) -> Result<T, StoreError> {
+        match self {
+            Self::Failing => Err(StoreError::new("connection refused")),
+            Self::Hanging => std::future::pending().await,
+        }
+    }
+}
+
+impl Store for Broken {
+    async fn claim(&self, _: &str, _: Fingerprint, _: Duration) -> Result<Claim, StoreError> {
+        self.answer().await
+    }
+    async fn renew(&self, _: &str, _: FencingToken, _: Duration) -> Result<bool, StoreError> {
+        self.answer().await
+    }
+    async fn complete(
+        &self,
+        _: &str,
+        _: FencingToken,
+        _: &StoredResponse,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
+        self.answer().await
+    }
+    async fn release(&self, _: &str, _: FencingToken) -> Result<bool, StoreError> {
+        self.answer().await
+    }
+    async fn lookup(&self, _: &str) -> Result<Option<Record>, StoreError> {
+        self.answer().await
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_fails_or_hangs_gets_503_and_runs_nothing() {
+    for broken in [Broken::Failing, Broken::Hanging] {
+        let idempotency = Idempotency::new(broken).with_store_timeout(Duration::from_millis(50));
+        let (app, runs) = app_with(idempotency);
+        let answer = send(&app, post_with("/create", "k", "x")).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.problem_type(), "store-unavailable");
+        assert!(answer.headers.contains_key(header::RETRY_AFTER));
+        assert_eq!(runs.get(), 0, "never execute without a claim");
+    }
+}
+
+/// Collects what the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_outcome_is_logged_without_the_raw_key() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let key = "secret-key-4711";
+    let (app, _) = app();
+    send(&app, post_with("/create", key, "a")).await;
+    send(&app, post_with("/create", key, "a")).await;
+    send(&app, post_with("/create", key, "b")).await;
+    send(&app, post_with("/status", key, "500")).await;
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow_request(key, "a", 200)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send(&app, slow_request(key, "a", 200)).await;
+    first.await.expect("first");
+    let (broken, _) =
+        app_with(Idempotency::new(Broken::Failing).with_store_timeout(Duration::from_millis(50)));
+    send(&broken, post_with("/create", key, "a")).await;
+
+    let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
+    for outcome in [
+        "claimed",
+        "completed",
+        "replayed",
+        "key reused with a different request",
+        "released",
+        "conflict: request in flight",
+        "idempotency store unavailable",
+    ] {
+        assert!(logs.contains(outcome), "no `{outcome}` event in:\n{logs}");
+    }
+    assert!(!logs.contains(key), "the raw key reached the logs:\n{logs}");
+}
