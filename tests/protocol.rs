@@ -11,11 +11,12 @@ use axum::response::IntoResponse;
 use axum::routing::{any, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use idempotent_runtime::{
-    Claim, FencingToken, Fingerprint, Idempotency, MemoryStore, Record, Store, StoreError,
-    StoredResponse, idempotent,
-};
+use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use tower::ServiceExt;
+
+#[path = "support/broken.rs"]
+mod broken;
+use broken::Broken;
 
 #[derive(Clone, FromRef)]
 struct AppState {
@@ -516,46 +517,6 @@ async fn a_response_too_large_to_keep_is_sent_once_and_never_run_again() {
     assert_eq!(retry.problem_type(), "response-not-replayable");
     assert!(retry.replayed());
     assert_eq!(runs.get(), 1);
-}
-
-/// A store whose server is gone: every operation fails, or never answers.
-#[derive(Clone, Copy)]
-enum Broken {
-    Failing,
-    Hanging,
-}
-
-impl Broken {
-    async fn answer<T>(self) -> Result<T, StoreError> {
-        match self {
-            Self::Failing => Err(StoreError::new("connection refused")),
-            Self::Hanging => std::future::pending().await,
-        }
-    }
-}
-
-impl Store for Broken {
-    async fn claim(&self, _: &str, _: Fingerprint, _: Duration) -> Result<Claim, StoreError> {
-        self.answer().await
-    }
-    async fn renew(&self, _: &str, _: FencingToken, _: Duration) -> Result<bool, StoreError> {
-        self.answer().await
-    }
-    async fn complete(
-        &self,
-        _: &str,
-        _: FencingToken,
-        _: &StoredResponse,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        self.answer().await
-    }
-    async fn release(&self, _: &str, _: FencingToken) -> Result<bool, StoreError> {
-        self.answer().await
-    }
-    async fn lookup(&self, _: &str) -> Result<Option<Record>, StoreError> {
-        self.answer().await
-    }
 }
 
 #[tokio::test]

@@ -30,8 +30,10 @@ use std::time::Duration;
 use crate::{Fingerprint, StoredResponse};
 
 pub mod memory;
+pub mod tiered;
 
 pub use memory::MemoryStore;
+pub use tiered::TieredStore;
 
 /// Proof of ownership of a claim, unique per claim of a key.
 ///

@@ -1,0 +1,152 @@
+//! The tiered store: the durable store decides, the fast store serves replays, and losing
+//! the fast store loses nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idempotent_runtime::store::TieredStore;
+use idempotent_runtime::testkit::{run_all, sample_response, unique_prefix};
+use idempotent_runtime::{
+    Claim, FencingToken, Fingerprint, MemoryStore, Record, Store, StoreError, StoredResponse,
+};
+
+#[path = "support/broken.rs"]
+mod broken;
+use broken::Broken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiered_memory_passes_the_kit() {
+    run_all(&TieredStore::new(MemoryStore::new(), MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_or_hanging_fast_store_loses_nothing() {
+    for fast in [Broken::Failing, Broken::Hanging] {
+        let store =
+            TieredStore::new(MemoryStore::new(), fast).with_fast_timeout(Duration::from_millis(20));
+        run_all(&store).await;
+    }
+}
+
+/// Counts the claims that reach a store.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    claims: AtomicUsize,
+}
+
+impl Store for Counting {
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn renew(
+        &self,
+        key: &str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(key, token, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.complete(key, token, response, ttl).await
+    }
+    async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn lookup(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.lookup(key).await
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn replays_are_served_from_the_fast_store() {
+    let store = TieredStore::new(Counting::default(), MemoryStore::new());
+    let key = format!("{}:replay", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    assert!(
+        store
+            .complete(&key, token, &sample_response(), LONG)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        matches!(
+            store.fast().lookup(&key).await,
+            Ok(Some(Record::Completed { .. }))
+        ),
+        "a completion is copied to the fast store"
+    );
+    let claims = store.durable().claims.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        match store.claim(&key, fp, LONG).await.expect("claim") {
+            Claim::Existing(Record::Completed {
+                response,
+                fingerprint,
+            }) => {
+                assert_eq!(response, sample_response());
+                assert_eq!(fingerprint, fp);
+            }
+            other => panic!("expected the stored response, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.durable().claims.load(Ordering::SeqCst),
+        claims,
+        "replays did not reach the durable store"
+    );
+}
+
+#[tokio::test]
+async fn a_miss_fills_the_fast_store_from_the_durable_one() {
+    let durable = MemoryStore::new();
+    let fast = MemoryStore::new();
+    let key = format!("{}:fill", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    // Completed by a replica whose fast store was down.
+    let Claim::Acquired(token) = durable.claim(&key, fp, LONG).await.expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    assert!(
+        durable
+            .complete(&key, token, &sample_response(), LONG)
+            .await
+            .expect("complete")
+    );
+    assert_eq!(fast.lookup(&key).await.expect("lookup"), None);
+
+    let store = TieredStore::new(durable, fast);
+    assert!(matches!(
+        store.claim(&key, fp, LONG).await,
+        Ok(Claim::Existing(Record::Completed { .. }))
+    ));
+    match store.fast().lookup(&key).await.expect("lookup") {
+        Some(Record::Completed {
+            response,
+            fingerprint,
+        }) => {
+            assert_eq!(response, sample_response());
+            assert_eq!(
+                fingerprint, fp,
+                "the copy keeps the fingerprint, so 422 still works"
+            );
+        }
+        other => panic!("the miss must fill the fast store, got {other:?}"),
+    }
+}
