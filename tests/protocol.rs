@@ -593,3 +593,31 @@ async fn every_outcome_is_logged_without_the_raw_key() {
     }
     assert!(!logs.contains(key), "the raw key reached the logs:\n{logs}");
 }
+
+#[tokio::test]
+async fn the_app_chooses_which_headers_are_replayed() {
+    use axum::http::HeaderName;
+    use idempotent_runtime::response::StoredHeaders;
+
+    let except = StoredHeaders::except([HeaderName::from_static("x-trace")]);
+    let (app, _) = app_with(Idempotency::new(MemoryStore::new()).with_stored_headers(except));
+    send(&app, post_with("/create", "k", "x")).await;
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert!(retry.replayed());
+    assert!(retry.headers.get("x-trace").is_none(), "denied header");
+    assert_eq!(retry.headers[header::LOCATION], "/orders/7");
+    assert_eq!(retry.headers[header::ETAG], "\"v1\"");
+
+    let only = StoredHeaders::only([header::LOCATION]);
+    let (app, _) = app_with(Idempotency::new(MemoryStore::new()).with_stored_headers(only));
+    send(&app, post_with("/create", "k", "x")).await;
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(retry.headers[header::LOCATION], "/orders/7");
+    assert!(
+        retry.headers.contains_key(header::CONTENT_TYPE),
+        "always kept"
+    );
+    for name in ["etag", "x-trace", "x-binary", "set-cookie"] {
+        assert!(retry.headers.get(name).is_none(), "{name} is not allowed");
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 
+use crate::response::StoredHeaders;
 use crate::store::{DynStore, Store};
 
 /// The store and the app-wide defaults, given to the router once.
@@ -62,6 +63,7 @@ struct Config {
     body_limit: usize,
     response_limit: usize,
     store_timeout: Duration,
+    stored_headers: StoredHeaders,
 }
 
 impl fmt::Debug for Idempotency {
@@ -72,6 +74,7 @@ impl fmt::Debug for Idempotency {
             .field("body_limit", &self.inner.body_limit)
             .field("response_limit", &self.inner.response_limit)
             .field("store_timeout", &self.inner.store_timeout)
+            .field("stored_headers", &self.inner.stored_headers)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +101,7 @@ impl Idempotency {
                 body_limit: Self::DEFAULT_BODY_LIMIT,
                 response_limit: Self::DEFAULT_RESPONSE_LIMIT,
                 store_timeout: Self::DEFAULT_STORE_TIMEOUT,
+                stored_headers: StoredHeaders::All,
             }),
         }
     }
@@ -171,6 +175,27 @@ impl Idempotency {
     /// ```
     pub fn with_store_timeout(self, timeout: Duration) -> Self {
         self.edit(|c| c.store_timeout = timeout)
+    }
+
+    /// Which of a handler's headers are stored and replayed: all of them by default
+    /// (never `Set-Cookie` or hop-by-hop headers, always `Content-Type`).
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use idempotent_runtime::{Idempotency, MemoryStore, response::StoredHeaders};
+    ///
+    /// // A per-response request id must not be replayed as if it were the retry's own.
+    /// let idempotency = Idempotency::new(MemoryStore::new())
+    ///     .with_stored_headers(StoredHeaders::except([HeaderName::from_static("x-request-id")]));
+    /// assert!(!idempotency.stored_headers().keeps(&HeaderName::from_static("x-request-id")));
+    /// ```
+    pub fn with_stored_headers(self, headers: StoredHeaders) -> Self {
+        self.edit(|c| c.stored_headers = headers)
+    }
+
+    /// Which headers are stored.
+    pub fn stored_headers(&self) -> &StoredHeaders {
+        &self.inner.stored_headers
     }
 
     /// The default TTL.

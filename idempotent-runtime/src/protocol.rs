@@ -15,7 +15,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -33,7 +32,7 @@ use crate::key::{self, KeyError, KeySource};
 use crate::policy::StatusPolicy;
 use crate::problem::{Problem, ProblemKind};
 use crate::response::{Captured, capture};
-use crate::store::{Claim, DynStore, FencingToken, Record};
+use crate::store::{Claim, FencingToken, Record};
 use crate::{Fingerprint, Idempotency, IdempotencyState, StoredResponse};
 
 const TARGET: &str = "idempotent";
@@ -131,14 +130,12 @@ where
             Err(response) => return response,
         };
         let run = Execution {
-            store: Arc::clone(idempotency.store()),
-            key: prepared.key,
-            token,
             lease: endpoint.lease.unwrap_or(idempotency.lease()),
             ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
+            idempotency,
+            key: prepared.key,
+            token,
             policy: endpoint.policy,
-            response_limit: idempotency.response_limit(),
-            store_timeout: idempotency.store_timeout(),
         };
         run.execute(handler.call(prepared.request, state)).await
     };
@@ -368,14 +365,13 @@ fn store_unavailable(key: &str, error: &str) -> Response {
 
 /// Step 4: everything that happens once the claim is ours.
 pub(crate) struct Execution {
-    pub(crate) store: Arc<dyn DynStore>,
+    /// The store and the app-wide settings (limits, timeouts, stored headers).
+    pub(crate) idempotency: Idempotency,
     pub(crate) key: String,
     pub(crate) token: FencingToken,
     pub(crate) lease: Duration,
     pub(crate) ttl: Duration,
     pub(crate) policy: StatusPolicy,
-    pub(crate) response_limit: usize,
-    pub(crate) store_timeout: Duration,
 }
 
 impl Execution {
@@ -404,18 +400,24 @@ impl Execution {
             self.release().await;
             return response;
         }
-        match capture(response, self.response_limit).await {
+        match capture(
+            response,
+            self.idempotency.response_limit(),
+            self.idempotency.stored_headers(),
+        )
+        .await
+        {
             Captured::Complete(stored, response) => {
                 self.complete(&stored).await;
                 response
             }
             Captured::TooLarge(response) => {
-                tracing::warn!(target: TARGET, key = short(&self.key), limit = self.response_limit, "response too large to store; retries will get a problem");
+                tracing::warn!(target: TARGET, key = short(&self.key), limit = self.idempotency.response_limit(), "response too large to store; retries will get a problem");
                 let problem = Problem::new(
                     ProblemKind::ResponseNotReplayable,
                     format!(
                         "the request was processed, but its response was larger than {} bytes and was not kept; do not retry it",
-                        self.response_limit
+                        self.idempotency.response_limit()
                     ),
                 );
                 self.complete(&problem.to_stored()).await;
@@ -439,8 +441,10 @@ impl Execution {
         loop {
             tokio::time::sleep(every).await;
             let renewed = tokio::time::timeout(
-                self.store_timeout.min(every),
-                self.store.renew(&self.key, self.token, self.lease),
+                self.idempotency.store_timeout().min(every),
+                self.idempotency
+                    .store()
+                    .renew(&self.key, self.token, self.lease),
             )
             .await;
             match renewed {
@@ -461,8 +465,10 @@ impl Execution {
 
     async fn complete(&self, stored: &StoredResponse) {
         let outcome = tokio::time::timeout(
-            self.store_timeout,
-            self.store.complete(&self.key, self.token, stored, self.ttl),
+            self.idempotency.store_timeout(),
+            self.idempotency
+                .store()
+                .complete(&self.key, self.token, stored, self.ttl),
         )
         .await;
         match outcome {
@@ -483,8 +489,8 @@ impl Execution {
 
     async fn release(&self) {
         let outcome = tokio::time::timeout(
-            self.store_timeout,
-            self.store.release(&self.key, self.token),
+            self.idempotency.store_timeout(),
+            self.idempotency.store().release(&self.key, self.token),
         )
         .await;
         match outcome {

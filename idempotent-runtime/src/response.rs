@@ -34,6 +34,72 @@ const NEVER_STORED: [HeaderName; 10] = [
     header::SET_COOKIE,
 ];
 
+/// Which of a handler's headers are stored and replayed.
+///
+/// Whatever the choice, the hop-by-hop headers, `Content-Length` and `Set-Cookie` are
+/// never stored, and `Content-Type` always is (a replay without it would change meaning).
+/// Set it app-wide with [`Idempotency::with_stored_headers`](crate::Idempotency::with_stored_headers).
+///
+/// ```
+/// use http::HeaderName;
+/// use idempotent_runtime::response::StoredHeaders;
+///
+/// let only = StoredHeaders::only([HeaderName::from_static("location")]);
+/// assert!(only.keeps(&HeaderName::from_static("location")));
+/// assert!(only.keeps(&HeaderName::from_static("content-type")));
+/// assert!(!only.keeps(&HeaderName::from_static("x-request-id")));
+///
+/// let except = StoredHeaders::except([HeaderName::from_static("x-request-id")]);
+/// assert!(!except.keeps(&HeaderName::from_static("x-request-id")));
+/// assert!(except.keeps(&HeaderName::from_static("etag")));
+/// assert!(!StoredHeaders::All.keeps(&HeaderName::from_static("set-cookie")));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoredHeaders {
+    /// Every header but the never-stored ones. The default.
+    #[default]
+    All,
+    /// Only these (and `Content-Type`).
+    Only(Vec<HeaderName>),
+    /// Every header but these (and the never-stored ones).
+    Except(Vec<HeaderName>),
+}
+
+impl StoredHeaders {
+    /// Stores only the named headers, and `Content-Type`.
+    pub fn only(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        Self::Only(names.into_iter().collect())
+    }
+
+    /// Stores every header but the named ones.
+    pub fn except(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        Self::Except(names.into_iter().collect())
+    }
+
+    /// Whether a header called `name` is stored.
+    pub fn keeps(&self, name: &HeaderName) -> bool {
+        if NEVER_STORED.contains(name) {
+            return false;
+        }
+        match self {
+            Self::All => true,
+            Self::Only(names) => name == header::CONTENT_TYPE || names.contains(name),
+            Self::Except(names) => !names.contains(name),
+        }
+    }
+
+    fn filter(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut kept = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            if self.keeps(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    }
+}
+
 /// A response as the store keeps it.
 ///
 /// ```
@@ -191,7 +257,11 @@ pub(crate) enum Captured {
 }
 
 /// Buffers a response body up to `limit` bytes.
-pub(crate) async fn capture(response: Response, limit: usize) -> Captured {
+pub(crate) async fn capture(
+    response: Response,
+    limit: usize,
+    stored_headers: &StoredHeaders,
+) -> Captured {
     let (parts, mut body) = response.into_parts();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
@@ -225,7 +295,11 @@ pub(crate) async fn capture(response: Response, limit: usize) -> Captured {
             joined.freeze()
         }
     };
-    let stored = StoredResponse::new(parts.status, parts.headers.clone(), body.clone());
+    let stored = StoredResponse::new(
+        parts.status,
+        stored_headers.filter(&parts.headers),
+        body.clone(),
+    );
     Captured::Complete(stored, Response::from_parts(parts, Body::from(body)))
 }
 
@@ -301,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_body_is_still_sent_whole() {
         let response = Response::new(Body::from(vec![7u8; 100]));
-        match capture(response, 10).await {
+        match capture(response, 10, &StoredHeaders::All).await {
             Captured::TooLarge(response) => {
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(body.len(), 100);
