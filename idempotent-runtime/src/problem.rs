@@ -22,6 +22,58 @@
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
 //! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
 //! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
+//!
+//! Each `type` links to its section below.
+//!
+//! # invalid-key
+//!
+//! `400`. The key must be 1 to 255 bytes of visible ASCII once unquoted; the quoted form
+//! allows only `\"` and `\\` escapes. Fix the client; the request was not processed.
+//!
+//! # multiple-keys
+//!
+//! `400`. The request carried the key header (or query parameter) more than once. Send
+//! exactly one.
+//!
+//! # missing-key
+//!
+//! `400`. The endpoint is `required` and the request had no key. Send one, generated once
+//! per operation and reused on every retry of it.
+//!
+//! # body-unreadable
+//!
+//! `400`. The request body could not be read (the connection broke while sending it).
+//! Retry with the same key.
+//!
+//! # request-in-flight
+//!
+//! `409`. A request with this key is being processed right now. Retry after `Retry-After`
+//! seconds with the same key and body: you get its response.
+//!
+//! # body-too-large
+//!
+//! `413`. The body is larger than the app's limit; nothing was processed and the key was
+//! not used up.
+//!
+//! # key-reused
+//!
+//! `422`. The key was already used with a different request body. A key names one
+//! operation; use a new key for a new operation.
+//!
+//! # handler-panicked
+//!
+//! `500`. The handler failed before answering. Its key was released: a retry with the
+//! same key runs it again.
+//!
+//! # response-not-replayable
+//!
+//! `409`. The request with this key was processed, but its response was larger than the
+//! app keeps, so it cannot be replayed. Do not retry it; look the result up instead.
+//!
+//! # store-unavailable
+//!
+//! `503`. The idempotency store could not be reached, so the request was not processed
+//! (it never runs unprotected). Retry after `Retry-After` seconds with the same key.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
