@@ -425,17 +425,22 @@ impl PostgresStore {
         let batch = batch_size.max(1);
         let mut total = 0;
         loop {
-            let deleted = query(&self.sql.purge)
-                .bind(i64::from(batch))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error("purge", e))?
-                .rows_affected();
+            let deleted = self.purge_batch(batch).await?;
             total += deleted;
             if deleted < u64::from(batch) {
                 return Ok(total);
             }
         }
+    }
+
+    /// One purge statement; returns how many rows it deleted.
+    async fn purge_batch(&self, batch: u32) -> Result<u64, StoreError> {
+        let done = query(&self.sql.purge)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("purge", e))?;
+        Ok(done.rows_affected())
     }
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` (first right away) in a
@@ -598,8 +603,8 @@ impl Store for PostgresStore {
 
 /// The background cleanup started by [`PostgresStore::spawn_cleanup`].
 ///
-/// Dropping it stops the task (a purge under way is abandoned; its finished batches stay
-/// deleted); [`stop`](Self::stop) stops it and waits for it.
+/// Dropping it stops the task after the statement under way, if any;
+/// [`stop`](Self::stop) does the same and waits for the task to end.
 #[must_use = "the cleanup task stops when this handle is dropped"]
 #[derive(Debug)]
 pub struct CleanupTask {
@@ -608,7 +613,8 @@ pub struct CleanupTask {
 }
 
 impl CleanupTask {
-    /// Stops the task, waits for it to end and returns how many rows it removed in all.
+    /// Stops the task, waits for it to end (at most one purge statement) and returns how
+    /// many rows it removed in all.
     pub async fn stop(self) -> u64 {
         let Self { stop, task } = self;
         drop(stop);
@@ -622,34 +628,45 @@ async fn cleanup_loop(
     batch_size: u32,
     mut stopped: oneshot::Receiver<()>,
 ) -> u64 {
+    let table = &store.names.table;
+    let batch = batch_size.max(1);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut total = 0u64;
-    loop {
+    'running: loop {
         tokio::select! {
             biased;
             _ = &mut stopped => break,
             _ = ticks.tick() => {}
         }
-        let purged = tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            purged = store.purge_expired(batch_size) => purged,
-        };
-        match purged {
-            Ok(0) => {
-                tracing::debug!(target: TARGET, table = %store.names.table, "no expired idempotency records");
+        // `purge_expired`, one batch at a time, so that a stop request waits for one
+        // statement at most and every row deleted is counted.
+        let mut removed = 0u64;
+        loop {
+            if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                break 'running;
             }
-            Ok(removed) => {
-                total += removed;
-                tracing::info!(target: TARGET, table = %store.names.table, removed, total, "purged expired idempotency records");
-            }
-            Err(err) => {
-                tracing::warn!(target: TARGET, table = %store.names.table, error = %err, "purging expired idempotency records failed; will retry");
+            match store.purge_batch(batch).await {
+                Ok(deleted) => {
+                    removed += deleted;
+                    total += deleted;
+                    if deleted < u64::from(batch) {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(target: TARGET, table = %table, error = %err, "purging expired idempotency records failed; will retry");
+                    break;
+                }
             }
         }
+        if removed > 0 {
+            tracing::info!(target: TARGET, table = %table, removed, total, "purged expired idempotency records");
+        } else {
+            tracing::debug!(target: TARGET, table = %table, "no expired idempotency records");
+        }
     }
-    tracing::debug!(target: TARGET, table = %store.names.table, total, "idempotency cleanup stopped");
+    tracing::debug!(target: TARGET, table = %table, total, "idempotency cleanup stopped");
     total
 }
 
