@@ -18,6 +18,9 @@ mod idempotency;
 pub use fingerprint::Fingerprint;
 pub use idempotency::{Idempotency, IdempotencyState};
 pub use response::StoredResponse;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres::PostgresStore;
 pub use store::{Claim, FencingToken, MemoryStore, Record, Store, StoreError};
 
 #[cfg(feature = "macros")]

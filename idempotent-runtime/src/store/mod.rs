@@ -30,6 +30,9 @@ use std::time::Duration;
 use crate::{Fingerprint, StoredResponse};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 pub mod tiered;
 
 pub use memory::MemoryStore;

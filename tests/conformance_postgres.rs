@@ -1,0 +1,338 @@
+//! The Postgres store against the real server: the conformance kit, migrations, custom
+//! names, cleanup, and errors instead of panics.
+//!
+//! Each test works in a schema of its own, dropped at the end, so the tests run in
+//! parallel and twice in a row. DATABASE_URL defaults to
+//! `postgres://postgres@127.0.0.1:5432/test`.
+#![cfg(feature = "postgres")]
+
+mod pg_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotent_runtime::testkit::{concurrent_claims_have_one_winner, run_all, sample_response};
+use idempotent_runtime::{Claim, Fingerprint, PostgresStore, Record, Store};
+use pg_support::{TestSchema, fresh_store, pool, row_count};
+
+const LONG: Duration = Duration::from_secs(3600);
+/// Expired as soon as it is written; the tests still wait past it.
+const INSTANT: Duration = Duration::from_millis(1);
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::of_bytes(body.as_bytes())
+}
+
+async fn acquire(
+    store: &PostgresStore,
+    key: &str,
+    lease: Duration,
+) -> idempotent_runtime::FencingToken {
+    match store.claim(key, fp("a"), lease).await {
+        Ok(Claim::Acquired(token)) => token,
+        other => panic!("claim of `{key}` must be acquired, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_passes_the_kit() {
+    let (store, _schema) = fresh_store().await;
+    run_all(&store).await;
+}
+
+/// Many claimants of one key at once commit between each other's snapshot and insert: the
+/// store must still answer each of them with what is there now (acquired, or the winner's
+/// live claim), never fail, come back empty or show the lapsed claim it replaced. Several
+/// rounds, on new keys and on keys whose lease lapsed, so that the race is met every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_settle_on_new_and_lapsed_keys() {
+    let (store, _schema) = fresh_store().await;
+    for round in 0..10 {
+        concurrent_claims_have_one_winner(&store, &format!("new-{round}"), 50).await;
+
+        let lapsed = format!("lapsed-{round}");
+        assert!(matches!(
+            store.claim(&lapsed, fp("old"), INSTANT).await,
+            Ok(Claim::Acquired(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let start = Arc::new(tokio::sync::Barrier::new(50));
+        let mut claimants = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (store, key, start) = (store.clone(), lapsed.clone(), Arc::clone(&start));
+            claimants.spawn(async move {
+                start.wait().await;
+                store.claim(&key, fp("new"), LONG).await
+            });
+        }
+        let mut winners = 0;
+        while let Some(joined) = claimants.join_next().await {
+            match joined.unwrap() {
+                Ok(Claim::Acquired(_)) => winners += 1,
+                Ok(Claim::Existing(Record::InFlight {
+                    fingerprint,
+                    lease_remaining,
+                })) => {
+                    assert_eq!(fingerprint, fp("new"), "a loser must see the new claim");
+                    assert!(
+                        lease_remaining > Duration::from_secs(60),
+                        "{lease_remaining:?}"
+                    );
+                }
+                other => panic!("a claim of a lapsed key returned {other:?}"),
+            }
+        }
+        assert_eq!(winners, 1, "exactly one claimant takes a lapsed key over");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_runs_twice_and_from_many_replicas_at_once() {
+    let schema = TestSchema::new();
+    let store = PostgresStore::new(pool().await)
+        .with_schema(schema.name())
+        .unwrap();
+    // Replicas starting together, on a database where neither schema nor table exists.
+    let mut replicas = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = PostgresStore::new(pool().await)
+            .with_schema(schema.name())
+            .unwrap();
+        replicas.spawn(async move { store.migrate().await });
+    }
+    while let Some(joined) = replicas.join_next().await {
+        joined.unwrap().expect("a concurrent migrate must succeed");
+    }
+    store.migrate().await.expect("migrate again");
+    store.migrate().await.expect("and again");
+    let token = acquire(&store, "k", LONG).await;
+    assert!(
+        store
+            .complete("k", token, &sample_response(), LONG)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.lookup("k").await.unwrap(),
+        Some(Record::Completed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn custom_schema_and_table_hold_the_records() {
+    let schema = TestSchema::new();
+    let pool = pool().await;
+    let orders = PostgresStore::new(pool.clone())
+        .with_schema(schema.name())
+        .unwrap()
+        .with_table("Order_Keys")
+        .unwrap();
+    let payments = orders.clone().with_table("payment_keys").unwrap();
+    assert_eq!(
+        (orders.schema(), orders.table()),
+        (schema.name(), "Order_Keys")
+    );
+    orders.migrate().await.unwrap();
+    payments.migrate().await.unwrap();
+
+    // The same key in two tables: two independent claims.
+    acquire(&orders, "k", LONG).await;
+    acquire(&payments, "k", LONG).await;
+    assert_eq!(row_count(&orders).await, 1);
+    assert_eq!(row_count(&payments).await, 1);
+    // The name is used as written (quoted), not folded to lower case.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(schema.name())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["Order_Keys", "payment_keys"]);
+
+    for bad in ["orders; DROP TABLE users", "a\"b", "", "1st"] {
+        assert!(
+            orders.clone().with_table(bad).is_err(),
+            "`{bad}` must be rejected"
+        );
+        assert!(
+            orders.clone().with_schema(bad).is_err(),
+            "`{bad}` must be rejected"
+        );
+    }
+}
+
+/// Fills the store with `expired` expired rows (half lapsed leases, half lapsed TTLs) and
+/// `live` live ones (half in flight, half completed); returns the live keys.
+async fn fill(store: &PostgresStore, expired: usize, live: usize) -> Vec<String> {
+    for i in 0..expired {
+        let key = format!("expired-{i}");
+        if i % 2 == 0 {
+            acquire(store, &key, INSTANT).await;
+        } else {
+            let token = acquire(store, &key, LONG).await;
+            assert!(
+                store
+                    .complete(&key, token, &sample_response(), INSTANT)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    let mut keys = Vec::new();
+    for i in 0..live {
+        let key = format!("live-{i}");
+        let token = acquire(store, &key, LONG).await;
+        if i % 2 == 0 {
+            assert!(
+                store
+                    .complete(&key, token, &sample_response(), LONG)
+                    .await
+                    .unwrap()
+            );
+        }
+        keys.push(key);
+    }
+    // Past every INSTANT deadline.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    keys
+}
+
+async fn assert_live(store: &PostgresStore, keys: &[String]) {
+    for key in keys {
+        assert!(
+            store.lookup(key).await.unwrap().is_some(),
+            "live record `{key}` must stay"
+        );
+    }
+}
+
+#[tokio::test]
+async fn purge_removes_expired_rows_in_batches_and_counts_them() {
+    let (store, _schema) = fresh_store().await;
+    let live = fill(&store, 37, 10).await;
+    assert_eq!(row_count(&store).await, 47);
+
+    // Batches of 10: four statements, one count.
+    assert_eq!(store.purge_expired(10).await.unwrap(), 37);
+    assert_eq!(row_count(&store).await, 10);
+    assert_live(&store, &live).await;
+    assert_eq!(
+        store.purge_expired(10).await.unwrap(),
+        0,
+        "nothing left to purge"
+    );
+    // A batch size of 0 still makes progress.
+    fill(&store, 3, 0).await;
+    assert_eq!(store.purge_expired(0).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn purge_skips_rows_another_session_holds_instead_of_waiting() {
+    let (store, _schema) = fresh_store().await;
+    fill(&store, 5, 0).await;
+    // Another session holds one expired row locked, as a claim taking it over would.
+    let mut other = store.pool().begin().await.unwrap();
+    let lock = format!(
+        r#"SELECT 1 FROM "{}"."{}" WHERE key = 'expired-0' FOR UPDATE"#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    // If the purge waited for the lock, this would never finish while `other` is open.
+    let purged = tokio::time::timeout(Duration::from_secs(30), store.purge_expired(2))
+        .await
+        .expect("purge must not wait for a locked row")
+        .unwrap();
+    assert_eq!(purged, 4);
+    other.commit().await.unwrap();
+    assert_eq!(store.purge_expired(2).await.unwrap(), 1);
+    assert_eq!(row_count(&store).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_cleanup_removes_expired_rows_until_stopped() {
+    let (store, _schema) = fresh_store().await;
+    let live = fill(&store, 12, 4).await;
+
+    let cleanup = store.spawn_cleanup(Duration::from_millis(20), 5).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while row_count(&store).await > 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the background cleanup removed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cleanup.stop().await, 12, "the task reports what it removed");
+    assert_live(&store, &live).await;
+
+    // Dropping the handle stops the task too: rows that expire afterwards stay.
+    let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
+    drop(cleanup);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fill(&store, 3, 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(row_count(&store).await, 7, "a dropped cleanup must not run");
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_store_errors_not_panics() {
+    let (store, _schema) = fresh_store().await;
+    let insert = format!(
+        r#"INSERT INTO "{}"."{}" (key, token, fingerprint, state, expires_at, response)
+           VALUES ($1, 1, $2, $3, clock_timestamp() + interval '1 hour', $4)"#,
+        store.schema(),
+        store.table()
+    );
+    let good_fp = fp("a").as_bytes().to_vec();
+    // key, fingerprint, state, response
+    let rows = [
+        (
+            "short-fingerprint",
+            vec![1, 2, 3],
+            "in_flight",
+            None::<Vec<u8>>,
+        ),
+        (
+            "garbage-response",
+            good_fp.clone(),
+            "completed",
+            Some(b"not a response".to_vec()),
+        ),
+        ("missing-response", good_fp, "completed", None),
+    ];
+    for (key, fingerprint, state, response) in rows {
+        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+            .bind(key)
+            .bind(fingerprint)
+            .bind(state)
+            .bind(response)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let err = store
+            .lookup(key)
+            .await
+            .expect_err("lookup of a corrupt row");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        let err = store
+            .claim(key, fp("a"), LONG)
+            .await
+            .expect_err("claim of a corrupt row");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_closed_pool_is_a_store_error() {
+    let (store, _schema) = fresh_store().await;
+    store.pool().close().await;
+    assert!(store.claim("k", fp("a"), LONG).await.is_err());
+    assert!(store.lookup("k").await.is_err());
+    assert!(store.purge_expired(10).await.is_err());
+}

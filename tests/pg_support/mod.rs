@@ -1,0 +1,196 @@
+//! What the Postgres tests share: a fresh schema per test on the real server, and a TCP
+//! forwarder on loopback that a test can cut and bring back to take the database away.
+
+#![allow(dead_code)] // Each test file uses part of it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use idempotent_runtime::{FencingToken, PostgresStore};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn connect_options() -> PgConnectOptions {
+    PgConnectOptions::from_str(&database_url()).expect("DATABASE_URL is a postgres URL")
+}
+
+pub async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect_options())
+        .await
+        .expect("cannot connect to Postgres at DATABASE_URL (scripts/services.sh starts it)")
+}
+
+/// A schema no other test run uses, dropped with everything in it when this guard goes,
+/// also when the test fails.
+pub struct TestSchema(String);
+
+impl TestSchema {
+    pub fn new() -> Self {
+        Self(format!("idem_test_{:016x}", FencingToken::random().0))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        // Drop runs outside async code (and maybe while unwinding), so the schema is
+        // dropped over a connection of its own on a thread of its own.
+        let sql = format!(r#"DROP SCHEMA IF EXISTS "{}" CASCADE"#, self.0);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect_with(&connect_options())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(err)) = dropped {
+            eprintln!("could not drop test schema {}: {err}", self.0);
+        }
+    }
+}
+
+/// A migrated store in a schema of its own; keep the guard for as long as the test runs.
+pub async fn fresh_store() -> (PostgresStore, TestSchema) {
+    let schema = TestSchema::new();
+    let store = PostgresStore::new(pool().await)
+        .with_schema(schema.name())
+        .expect("a valid schema name");
+    store.migrate().await.expect("migrate");
+    (store, schema)
+}
+
+/// Rows in the store's table, expired or not.
+pub async fn row_count(store: &PostgresStore) -> i64 {
+    let sql = format!(
+        r#"SELECT count(*) FROM "{}"."{}""#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(store.pool())
+        .await
+        .expect("count rows")
+}
+
+/// A TCP forwarder on a loopback port to the real Postgres.
+///
+/// [`cut`](Self::cut) closes the port and every connection through it, as if the database
+/// host went away; [`restore`](Self::restore) listens on the same port again.
+pub struct Forwarder {
+    port: u16,
+    upstream: SocketAddr,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Forwarder {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let forwarder = Self {
+            port: 0,
+            upstream,
+            running: Mutex::new(None),
+        };
+        let (port, running) = forwarder.listen(0).await;
+        *forwarder.running.lock().await = Some(running);
+        Self { port, ..forwarder }
+    }
+
+    /// The real server's address, as given by DATABASE_URL.
+    pub async fn to_database() -> Self {
+        let options = connect_options();
+        let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
+            .await
+            .expect("resolve the database host")
+            .next()
+            .expect("the database host has an address");
+        Self::start(upstream).await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Options that connect through the forwarder.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        connect_options().host("127.0.0.1").port(self.port)
+    }
+
+    async fn listen(&self, port: u16) -> (u16, Running) {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("bind the forwarder port");
+        let listener = socket.listen(128).expect("listen");
+        let port = listener.local_addr().expect("local address").port();
+        let upstream = self.upstream;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+            drop(listener);
+            // Close every connection through the forwarder before `cut` returns.
+            connections.shutdown().await;
+        });
+        (port, Running { stop, task })
+    }
+
+    /// Closes the port and every connection through it.
+    pub async fn cut(&self) {
+        if let Some(Running { stop, task }) = self.running.lock().await.take() {
+            let _ = stop.send(());
+            task.await.expect("forwarder task");
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn restore(&self) {
+        let mut running = self.running.lock().await;
+        if running.is_none() {
+            let (_, started) = self.listen(self.port).await;
+            *running = Some(started);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `#[idempotent]` handlers on a real `Router` over the Postgres store: first request,
+//! replay and mismatch, and the database going away and coming back.
+#![cfg(feature = "postgres")]
+
+mod pg_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRef, State};
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use idempotent_runtime::{Idempotency, PostgresStore, idempotent};
+use pg_support::{Forwarder, TestSchema, fresh_store};
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+
+#[derive(Clone, FromRef)]
+struct AppState {
+    runs: Arc<AtomicUsize>,
+    idempotency: Idempotency,
+}
+
+#[derive(serde::Deserialize)]
+struct Order {
+    item: String,
+    qty: u32,
+}
+
+#[idempotent(ttl = "1h", key = header)]
+async fn create_order(
+    State(runs): State<Arc<AtomicUsize>>,
+    Json(order): Json<Order>,
+) -> impl IntoResponse {
+    let id = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    (
+        StatusCode::CREATED,
+        [("location", format!("/orders/{id}"))],
+        Json(serde_json::json!({"order_id": id, "item": order.item, "qty": order.qty})),
+    )
+}
+
+fn app(idempotency: Idempotency) -> (Router, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let state = AppState {
+        runs: Arc::clone(&runs),
+        idempotency,
+    };
+    let router = Router::new()
+        .route("/orders", post(create_order))
+        .with_state(state);
+    (router, runs)
+}
+
+async fn send(app: &Router, key: &str, body: &str) -> Response {
+    let request = Request::post("/orders")
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap()
+}
+
+async fn body(response: Response) -> Vec<u8> {
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_request_runs_retry_replays_other_body_is_rejected() {
+    let (store, _schema) = fresh_store().await;
+    let (app, runs) = app(Idempotency::new(store));
+
+    let first = send(&app, "order-1", r#"{"item":"widget","qty":1}"#).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let first_body = body(first).await;
+
+    // The same request again, re-serialised by the client: replayed, not run again.
+    let retry = send(&app, "order-1", r#"{ "qty": 1, "item": "widget" }"#).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.headers()["location"], location);
+    assert_eq!(body(retry).await, first_body);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Another body under the same key: the client's mistake, reported.
+    let other = send(&app, "order-1", r#"{"item":"gadget","qty":2}"#).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.headers()["content-type"], "application/problem+json");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Another key is another order.
+    let second = send(&app, "order-2", r#"{"item":"widget","qty":1}"#).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_fails_closed_and_the_app_recovers() {
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    let through_forwarder = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(forwarder.connect_options())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(through_forwarder)
+        .with_schema(schema.name())
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (app, runs) = app(Idempotency::new(store).with_store_timeout(Duration::from_secs(1)));
+    let order = r#"{"item":"widget","qty":1}"#;
+
+    assert_eq!(
+        send(&app, "before", order).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    forwarder.cut().await;
+    for key in ["during-1", "during-2", "before"] {
+        let response = send(&app, key, order).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key {key} while the database is away"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        let problem: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("#store-unavailable"),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "no handler runs without the store"
+    );
+
+    // Same port, same app, same pool: no restart.
+    forwarder.restore().await;
+    let recovered = send(&app, "during-1", order).await;
+    assert_eq!(
+        recovered.status(),
+        StatusCode::CREATED,
+        "the app answers again"
+    );
+    assert!(recovered.headers().get("idempotent-replayed").is_none());
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the rejected request runs once on retry"
+    );
+    let replay = send(&app, "before", order).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
