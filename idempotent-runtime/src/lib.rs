@@ -20,6 +20,16 @@ pub use idempotency::{Idempotency, IdempotencyState};
 pub use response::StoredResponse;
 pub use store::{Claim, FencingToken, MemoryStore, Record, Store, StoreError};
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::redis::RedisStore;
+
+/// The `redis` crate the [`RedisStore`] is built on, so that the connection you hand it
+/// is of the matching version.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ::redis;
+
 #[cfg(feature = "macros")]
 pub use idempotent_macros::idempotent;
 

@@ -30,6 +30,9 @@ use std::time::Duration;
 use crate::{Fingerprint, StoredResponse};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 pub use memory::MemoryStore;
 
