@@ -20,6 +20,17 @@ async fn redis_single_node_passes_the_kit() {
     testkit::run_all(&store).await;
 }
 
+/// Replies are read the same whichever protocol the connection speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_resp3_passes_the_kit() {
+    let url = format!("{}?protocol=resp3", shared_url());
+    let store = RedisStore::connect(url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
+        .with_prefix(support::unique_prefix("kit"));
+    testkit::run_all(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_passes_the_kit() {
     let cluster = RedisCluster::start(3);

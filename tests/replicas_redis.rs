@@ -84,7 +84,7 @@ async fn a_storm_over_replicas_runs_the_handler_once_per_key() {
 /// never before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_replicas_request_is_taken_over_after_its_lease() {
-    const LEASE: Duration = Duration::from_secs(2);
+    const LEASE: Duration = Duration::from_secs(3);
     let prefix = support::unique_prefix("takeover");
     let url = shared_url();
     let survivor = Replicas::start(

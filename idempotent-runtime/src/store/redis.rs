@@ -205,7 +205,11 @@ impl RedisStore {
     /// loads the scripts.
     ///
     /// The connection manager retries a lost connection with exponential backoff capped
-    /// at one second, so the store is back within about a second of Redis.
+    /// at one second, so the store is back within about a second of Redis. Otherwise it
+    /// has the `redis` crate's defaults, among them a 1 s connection timeout and a 500 ms
+    /// response timeout (the shorter of it and
+    /// [`Idempotency::with_store_timeout`](crate::Idempotency::with_store_timeout) is what
+    /// counts); for other settings build a [`ConnectionManager`] and use [`new`](Self::new).
     ///
     /// ```no_run
     /// # #[tokio::main]
