@@ -259,6 +259,9 @@ impl RedisStore {
 
     /// Puts every record under `prefix` instead of [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX),
     /// so that several apps (or test runs) share a server without seeing each other's keys.
+    ///
+    /// Keep braces out of it: a `{` in the prefix would make the prefix the Cluster hash
+    /// tag and put every record in one slot.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Arc::from(prefix.into());
         self
@@ -323,7 +326,7 @@ impl RedisStore {
             Ok(Value::Int(0)) => Ok(false),
             Ok(other) => Err(corrupt(
                 record_key,
-                &format!("{what} answered {other:?} instead of 0 or 1"),
+                &format!("{what} answered {} instead of 0 or 1", describe(&other)),
             )),
             Err(err) => Err(error(&format!("Redis {what} failed"), err)),
         }
@@ -346,11 +349,24 @@ fn corrupt(record_key: &str, what: &str) -> StoreError {
     ))
 }
 
+/// A short account of a value read back, for error messages.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(32)]);
+            format!("{text:?}")
+        }
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Reads the array the claim and lookup scripts return for an existing record.
 fn parse_record(record_key: &str, items: Vec<Value>) -> Result<Record, StoreError> {
-    let [state, fingerprint, detail]: [Value; 3] = items
-        .try_into()
-        .map_err(|items: Vec<Value>| corrupt(record_key, &format!("{} fields", items.len())))?;
+    let [state, fingerprint, detail]: [Value; 3] =
+        items.try_into().map_err(|items: Vec<Value>| {
+            corrupt(record_key, &format!("{} items instead of 3", items.len()))
+        })?;
     let fingerprint = match fingerprint {
         Value::BulkString(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
             .map(Fingerprint::from_bytes)
@@ -378,7 +394,10 @@ fn parse_record(record_key: &str, items: Vec<Value>) -> Result<Record, StoreErro
         (Value::BulkString(state), _) if state == b"completed" => {
             Err(corrupt(record_key, "the completed record has no response"))
         }
-        (state, _) => Err(corrupt(record_key, &format!("unknown state {state:?}"))),
+        (state, _) => Err(corrupt(
+            record_key,
+            &format!("unknown state {}", describe(&state)),
+        )),
     }
 }
 
@@ -400,7 +419,10 @@ impl Store for RedisStore {
             match self.invoke(&invocation).await {
                 Ok(Value::Int(1)) => Ok(Claim::Acquired(token)),
                 Ok(Value::Array(items)) => parse_record(&record_key, items).map(Claim::Existing),
-                Ok(other) => Err(corrupt(&record_key, &format!("claim answered {other:?}"))),
+                Ok(other) => Err(corrupt(
+                    &record_key,
+                    &format!("claim answered {}", describe(&other)),
+                )),
                 Err(err) => Err(error("Redis claim failed", err)),
             }
         }
@@ -456,7 +478,10 @@ impl Store for RedisStore {
             match self.invoke(&invocation).await {
                 Ok(Value::Int(0)) => Ok(None),
                 Ok(Value::Array(items)) => parse_record(&record_key, items).map(Some),
-                Ok(other) => Err(corrupt(&record_key, &format!("lookup answered {other:?}"))),
+                Ok(other) => Err(corrupt(
+                    &record_key,
+                    &format!("lookup answered {}", describe(&other)),
+                )),
                 Err(err) => Err(error("Redis lookup failed", err)),
             }
         }
