@@ -21,7 +21,24 @@ pub use response::StoredResponse;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::postgres::PostgresStore;
+
+/// The `sqlx` crate the [`PostgresStore`] is built on, so that the pool you hand it is of
+/// the matching version.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use ::sqlx;
+
 pub use store::{Claim, FencingToken, MemoryStore, Record, Store, StoreError};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::redis::RedisStore;
+
+/// The `redis` crate the [`RedisStore`] is built on, so that the connection you hand it
+/// is of the matching version.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ::redis;
 
 #[cfg(feature = "macros")]
 pub use idempotent_macros::idempotent;

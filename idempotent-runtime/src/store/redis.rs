@@ -1,0 +1,566 @@
+//! The Redis store: single node or Redis Cluster, one round trip per step.
+//!
+//! Several replicas of an app share one Redis, and the guarantee holds across all of
+//! them: one claim wins, everybody else sees it in flight or replays its response.
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use idempotent_runtime::{Idempotency, RedisStore, idempotent};
+//!
+//! #[idempotent(ttl = "24h")]
+//! async fn create_order() -> &'static str {
+//!     "created"
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Single node; `RedisStore::connect_cluster(["redis://10.0.0.1:7000", ...])` for a Cluster.
+//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+//! let app: Router = Router::new()
+//!     .route("/orders", post(create_order))
+//!     .with_state(Idempotency::new(store));
+//! # let _ = app;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connections
+//!
+//! [`RedisStore::new`] takes a [`ConnectionManager`], which reconnects by itself after
+//! the server went away; [`RedisStore::cluster`] takes the async Cluster client's
+//! [`ClusterConnection`], which follows slot moves and failovers. Both are multiplexed:
+//! one connection serves every concurrent request, and cloning the store is cheap.
+//! [`RedisStore::connect`] and [`RedisStore::connect_cluster`] build them from URLs.
+//! The [`redis`] crate is re-exported, so the version always matches.
+//!
+//! While Redis is unreachable every operation fails with a [`StoreError`], which the
+//! protocol turns into `503` with the handler not run; once Redis is back, the same
+//! store works again, without a restart of the app.
+//!
+//! # Key layout
+//!
+//! Everything about one idempotency key lives in one Redis hash,
+//! `<prefix>:{<key>}` (prefix `idempotent` unless [`with_prefix`](RedisStore::with_prefix)
+//! says otherwise; `<key>` is the key the protocol derives, a hex SHA-256). The braces are
+//! a Cluster hash tag: the slot depends on the key alone, never on the prefix.
+//!
+//! | field | value |
+//! | --- | --- |
+//! | `state` | `in_flight` or `completed` |
+//! | `fingerprint` | the 32 raw bytes of the request's SHA-256 |
+//! | `token` | the claim's fencing token, in decimal |
+//! | `response` | once completed: the response, as [`StoredResponse::to_bytes`] writes it |
+//!
+//! The hash's own expiry is the clock: while in flight it is the **lease** (`PEXPIRE`
+//! at claim, again at every renewal), so a crashed owner's claim disappears by itself;
+//! completion replaces it with the **TTL**, independent of the lease. Redis removes
+//! expired records; there is nothing to clean up.
+//!
+//! # One round trip per step
+//!
+//! Each operation is one Lua script, run with `EVALSHA` (the script is loaded once per
+//! server; [`connect`](RedisStore::connect) loads them up front, and after a server
+//! restart the first call loads them again). A first execution costs two commands
+//! (claim, complete), a replay or a conflict one, and a handler slower than a third of
+//! the lease one more per renewal.
+//!
+//! Scripts run atomically, so each check-and-set below is a single step no other client
+//! can interleave with.
+//!
+//! **claim** creates the in-flight record, or returns what is there (`1` means
+//! acquired; an array is the existing record):
+//!
+//! ```lua
+#![doc = include_str!("redis/claim.lua")]
+//! ```
+//!
+//! **renew**, **complete** and **release** act only on the owner's in-flight record:
+//!
+//! ```lua
+#![doc = include_str!("redis/renew.lua")]
+#![doc = include_str!("redis/complete.lua")]
+#![doc = include_str!("redis/release.lua")]
+//! ```
+//!
+//! **lookup** reads like claim, without claiming (`0` means absent).
+//!
+//! # Fencing tokens
+//!
+//! The token is drawn by the client ([`FencingToken::random`], 64 random bits) and passed
+//! to the claim script, rather than counted by Redis. A counter kept in the record would
+//! start over whenever the record is deleted (release, lease lapse), so a stale owner
+//! could hold the same number as the next claim and complete it; a counter that outlives
+//! records would be a key in another Cluster slot, which a script may not touch. A random
+//! token needs no state at all; a stale owner matches a later claim's token with
+//! probability 2⁻⁶⁴.
+//!
+//! # Corrupt data
+//!
+//! A record that is not what these scripts write (another type under the key, a missing
+//! or unknown field, a response that does not decode) is reported as a [`StoreError`],
+//! so the protocol fails closed on it.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Client, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value};
+
+use super::{Claim, FencingToken, Record, Store, StoreError};
+use crate::{Fingerprint, StoredResponse};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/claim.lua")));
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/lookup.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/renew.lua")));
+static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("redis/complete.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/release.lua")));
+
+/// An idempotency store in Redis, single node or Cluster.
+///
+/// Cloning is cheap and shares the connection. See the [module docs](self) for the
+/// key layout and the scripts.
+///
+/// ```
+/// use idempotent_runtime::RedisStore;
+/// use idempotent_runtime::redis::{Client, aio::{ConnectionManager, ConnectionManagerConfig}};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idempotent_runtime::redis::RedisError> {
+/// // A connection manager with your own settings (this one connects on first use).
+/// let client = Client::open("redis://127.0.0.1:6379")?;
+/// let manager = ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())?;
+/// let store = RedisStore::new(manager).with_prefix("shop");
+/// assert_eq!(store.prefix(), "shop");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    prefix: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.connection {
+            Connection::Single(_) => "single node",
+            Connection::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("connection", &kind)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// The prefix of every record's key unless [`with_prefix`](Self::with_prefix) sets
+    /// another.
+    pub const DEFAULT_PREFIX: &'static str = "idempotent";
+
+    /// A store on one Redis server, over a connection manager that reconnects by itself.
+    ///
+    /// The scripts are loaded on first use; call [`load_scripts`](Self::load_scripts)
+    /// to do it up front.
+    pub fn new(connection: ConnectionManager) -> Self {
+        Self::with_connection(Connection::Single(connection))
+    }
+
+    /// A store on a Redis Cluster, over the async Cluster client's connection.
+    ///
+    /// ```no_run
+    /// use idempotent_runtime::RedisStore;
+    /// use idempotent_runtime::redis::cluster::ClusterClient;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = ClusterClient::builder(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .retries(3)
+    ///     .build()?;
+    /// let store = RedisStore::cluster(client.get_async_connection().await?);
+    /// store.load_scripts().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster(connection: ClusterConnection) -> Self {
+        Self::with_connection(Connection::Cluster(connection))
+    }
+
+    fn with_connection(connection: Connection) -> Self {
+        Self {
+            connection,
+            prefix: Arc::from(Self::DEFAULT_PREFIX),
+        }
+    }
+
+    /// Connects to one Redis server (`redis://[user:password@]host[:port][/db]`) and
+    /// loads the scripts.
+    ///
+    /// The connection manager retries a lost connection with exponential backoff capped
+    /// at one second, so the store is back within about a second of Redis. Otherwise it
+    /// has the `redis` crate's defaults, among them a 1 s connection timeout and a 500 ms
+    /// response timeout (the shorter of it and
+    /// [`Idempotency::with_store_timeout`](crate::Idempotency::with_store_timeout) is what
+    /// counts); for other settings build a [`ConnectionManager`] and use [`new`](Self::new).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), idempotent_runtime::StoreError> {
+    /// let store = idempotent_runtime::RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: impl IntoConnectionInfo) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|e| error("invalid Redis URL", e))?;
+        let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| error("cannot connect to Redis", e))?;
+        let store = Self::new(manager);
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes and loads the scripts on
+    /// every master.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), idempotent_runtime::StoreError> {
+    /// let store = idempotent_runtime::RedisStore::connect_cluster([
+    ///     "redis://127.0.0.1:7000",
+    ///     "redis://127.0.0.1:7001",
+    /// ])
+    /// .await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, StoreError> {
+        let client =
+            ClusterClient::new(nodes).map_err(|e| error("invalid Redis Cluster URL", e))?;
+        let connection = client
+            .get_async_connection()
+            .await
+            .map_err(|e| error("cannot connect to Redis Cluster", e))?;
+        let store = Self::cluster(connection);
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Puts every record under `prefix` instead of [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX),
+    /// so that several apps (or test runs) share a server without seeing each other's keys.
+    ///
+    /// Keep braces out of it: a `{` in the prefix would make the prefix the Cluster hash
+    /// tag and put every record in one slot.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Arc::from(prefix.into());
+        self
+    }
+
+    /// The prefix of every record's key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis key of the record for `key`: `<prefix>:{<key>}`, the braces making the
+    /// key alone pick the Cluster slot.
+    ///
+    /// ```
+    /// # use idempotent_runtime::RedisStore;
+    /// # use idempotent_runtime::redis::{Client, aio::{ConnectionManager, ConnectionManagerConfig}};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotent_runtime::redis::RedisError> {
+    /// # let client = Client::open("redis://127.0.0.1:6379")?;
+    /// # let manager = ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())?;
+    /// let store = RedisStore::new(manager);
+    /// assert_eq!(store.record_key("3f1c"), "idempotent:{3f1c}");
+    /// assert_eq!(store.with_prefix("shop").record_key("3f1c"), "shop:{3f1c}");
+    /// # Ok(()) }
+    /// ```
+    pub fn record_key(&self, key: &str) -> String {
+        format!("{}:{{{key}}}", self.prefix)
+    }
+
+    /// Loads the scripts into the server (every master of a Cluster), so that no request
+    /// pays for loading them. Also a cheap check that Redis answers.
+    ///
+    /// Not required: a script the server does not know is loaded on first use.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        for script in [&CLAIM, &LOOKUP, &RENEW, &COMPLETE, &RELEASE] {
+            let invocation = script.prepare_invoke();
+            let loaded = match &self.connection {
+                Connection::Single(c) => invocation.load_async(&mut c.clone()).await,
+                Connection::Cluster(c) => invocation.load_async(&mut c.clone()).await,
+            };
+            loaded.map_err(|e| error("cannot load the scripts into Redis", e))?;
+        }
+        Ok(())
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, RedisError> {
+        match &self.connection {
+            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+            Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        }
+    }
+
+    /// Runs one of renew/complete/release, which answer `1` (done) or `0` (not the owner).
+    async fn owner_step(
+        &self,
+        what: &'static str,
+        record_key: &str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<bool, StoreError> {
+        match self.invoke(invocation).await {
+            Ok(Value::Int(1)) => Ok(true),
+            Ok(Value::Int(0)) => Ok(false),
+            Ok(other) => Err(corrupt(
+                record_key,
+                &format!("{what} answered {} instead of 0 or 1", describe(&other)),
+            )),
+            Err(err) => Err(error(&format!("Redis {what} failed"), err)),
+        }
+    }
+}
+
+/// Milliseconds for `PEXPIRE`: at least 1 (0 would delete the key), and far enough below
+/// `i64::MAX` that Redis can add the current time to it.
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().clamp(1, (i64::MAX / 4) as u128) as u64
+}
+
+fn error(message: &str, source: RedisError) -> StoreError {
+    StoreError::from_source(message.to_owned(), source)
+}
+
+fn corrupt(record_key: &str, what: &str) -> StoreError {
+    StoreError::new(format!(
+        "corrupt idempotency record at Redis key `{record_key}`: {what}"
+    ))
+}
+
+/// A short account of a value read back, for error messages.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(32)]);
+            format!("{text:?}")
+        }
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads the array the claim and lookup scripts return for an existing record.
+fn parse_record(record_key: &str, items: Vec<Value>) -> Result<Record, StoreError> {
+    let [state, fingerprint, detail]: [Value; 3] =
+        items.try_into().map_err(|items: Vec<Value>| {
+            corrupt(record_key, &format!("{} items instead of 3", items.len()))
+        })?;
+    let fingerprint = match fingerprint {
+        Value::BulkString(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Fingerprint::from_bytes)
+            .map_err(|_| corrupt(record_key, "the fingerprint is not 32 bytes"))?,
+        _ => return Err(corrupt(record_key, "no fingerprint")),
+    };
+    match (state, detail) {
+        (Value::BulkString(state), Value::Int(pttl)) if state == b"in_flight" => {
+            // -1: the record has no expiry, so its lease would never lapse.
+            let millis = u64::try_from(pttl)
+                .map_err(|_| corrupt(record_key, "the in-flight record has no lease"))?;
+            Ok(Record::InFlight {
+                fingerprint,
+                lease_remaining: Duration::from_millis(millis),
+            })
+        }
+        (Value::BulkString(state), Value::BulkString(response)) if state == b"completed" => {
+            let response = StoredResponse::from_bytes(&response)
+                .map_err(|e| corrupt(record_key, &e.to_string()))?;
+            Ok(Record::Completed {
+                fingerprint,
+                response,
+            })
+        }
+        (Value::BulkString(state), _) if state == b"completed" => {
+            Err(corrupt(record_key, "the completed record has no response"))
+        }
+        (state, _) => Err(corrupt(
+            record_key,
+            &format!("unknown state {}", describe(&state)),
+        )),
+    }
+}
+
+impl Store for RedisStore {
+    fn claim(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        let record_key = self.record_key(key);
+        async move {
+            let token = FencingToken::random();
+            let mut invocation = CLAIM.key(&record_key);
+            invocation
+                .arg(fingerprint.as_bytes().as_slice())
+                .arg(token.0)
+                .arg(millis(lease));
+            match self.invoke(&invocation).await {
+                Ok(Value::Int(1)) => Ok(Claim::Acquired(token)),
+                Ok(Value::Array(items)) => parse_record(&record_key, items).map(Claim::Existing),
+                Ok(other) => Err(corrupt(
+                    &record_key,
+                    &format!("claim answered {}", describe(&other)),
+                )),
+                Err(err) => Err(error("Redis claim failed", err)),
+            }
+        }
+    }
+
+    fn renew(
+        &self,
+        key: &str,
+        token: FencingToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let record_key = self.record_key(key);
+        async move {
+            let mut invocation = RENEW.key(&record_key);
+            invocation.arg(token.0).arg(millis(lease));
+            self.owner_step("renew", &record_key, &invocation).await
+        }
+    }
+
+    fn complete(
+        &self,
+        key: &str,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let record_key = self.record_key(key);
+        let response = response.to_bytes();
+        async move {
+            let mut invocation = COMPLETE.key(&record_key);
+            invocation.arg(token.0).arg(response).arg(millis(ttl));
+            self.owner_step("complete", &record_key, &invocation).await
+        }
+    }
+
+    fn release(
+        &self,
+        key: &str,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let record_key = self.record_key(key);
+        async move {
+            let mut invocation = RELEASE.key(&record_key);
+            invocation.arg(token.0);
+            self.owner_step("release", &record_key, &invocation).await
+        }
+    }
+
+    fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let record_key = self.record_key(key);
+        async move {
+            let invocation = LOOKUP.key(&record_key);
+            match self.invoke(&invocation).await {
+                Ok(Value::Int(0)) => Ok(None),
+                Ok(Value::Array(items)) => parse_record(&record_key, items).map(Some),
+                Ok(other) => Err(corrupt(
+                    &record_key,
+                    &format!("lookup answered {}", describe(&other)),
+                )),
+                Err(err) => Err(error("Redis lookup failed", err)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(bytes: &[u8]) -> Value {
+        Value::BulkString(bytes.to_vec())
+    }
+
+    #[test]
+    fn lease_and_ttl_never_reach_zero_or_overflow() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(60)), 60_000);
+        assert!(millis(Duration::MAX) < i64::MAX as u64 / 2);
+    }
+
+    #[test]
+    fn records_are_read_back() {
+        let fp = Fingerprint::of_bytes(b"x");
+        let in_flight = parse_record(
+            "k",
+            vec![bulk(b"in_flight"), bulk(fp.as_bytes()), Value::Int(1500)],
+        );
+        assert_eq!(
+            in_flight.ok(),
+            Some(Record::InFlight {
+                fingerprint: fp,
+                lease_remaining: Duration::from_millis(1500)
+            })
+        );
+        let response =
+            StoredResponse::new(http::StatusCode::CREATED, Default::default(), "ok".into());
+        let completed = parse_record(
+            "k",
+            vec![
+                bulk(b"completed"),
+                bulk(fp.as_bytes()),
+                bulk(&response.to_bytes()),
+            ],
+        );
+        assert_eq!(
+            completed.ok(),
+            Some(Record::Completed {
+                fingerprint: fp,
+                response
+            })
+        );
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let fp = bulk(Fingerprint::of_bytes(b"x").as_bytes());
+        let cases = [
+            vec![],
+            vec![bulk(b"in_flight"), fp.clone()],
+            vec![bulk(b"in_flight"), bulk(b"short"), Value::Int(10)],
+            vec![bulk(b"in_flight"), Value::Nil, Value::Int(10)],
+            vec![bulk(b"in_flight"), fp.clone(), Value::Int(-1)],
+            vec![bulk(b"completed"), fp.clone(), Value::Nil],
+            vec![bulk(b"completed"), fp.clone(), bulk(b"garbage")],
+            vec![bulk(b"paused"), fp.clone(), Value::Int(10)],
+            vec![Value::Nil, fp.clone(), Value::Int(10)],
+        ];
+        for case in cases {
+            let shown = format!("{case:?}");
+            let err = parse_record("idempotent:{k}", case)
+                .err()
+                .unwrap_or_else(|| panic!("{shown} must be rejected"));
+            assert!(
+                err.to_string()
+                    .contains("corrupt idempotency record at Redis key `idempotent:{k}`"),
+                "{err}"
+            );
+        }
+    }
+}

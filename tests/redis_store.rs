@@ -1,0 +1,429 @@
+//! What the Redis store promises beyond the conformance kit: one command per protocol
+//! step, the key layout with the lease and the TTL as the record's expiry, prefixes, and
+//! corrupt data reported as a store error rather than a panic.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use idempotent_runtime::redis::aio::MultiplexedConnection;
+use idempotent_runtime::redis::{self, AsyncCommands};
+use idempotent_runtime::{
+    Claim, Fingerprint, Idempotency, Record, RedisStore, Store, StoredResponse, idempotent, key,
+};
+use serde_json::{Value, json};
+use support::redis_server::{RedisServer, shared_url};
+use tokio::sync::Semaphore;
+
+#[derive(Clone)]
+struct Gate {
+    entered: Arc<AtomicUsize>,
+    open: Arc<Semaphore>,
+}
+
+impl Default for Gate {
+    /// Closed.
+    fn default() -> Self {
+        Self {
+            entered: Arc::default(),
+            open: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+#[derive(Clone, FromRef)]
+struct AppState {
+    idempotency: Idempotency,
+    gate: Gate,
+    runs: Runs,
+}
+
+#[derive(Clone, Default)]
+struct Runs(Arc<AtomicUsize>);
+
+#[idempotent]
+async fn fast(State(runs): State<Runs>, Json(order): Json<Value>) -> impl IntoResponse {
+    runs.0.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, Json(order))
+}
+
+/// Holds until the test opens the gate.
+#[idempotent]
+async fn gated(State(gate): State<Gate>) -> impl IntoResponse {
+    gate.entered.fetch_add(1, Ordering::SeqCst);
+    let _permit = gate.open.acquire().await;
+    (StatusCode::CREATED, "done")
+}
+
+fn app(store: RedisStore, gate: Gate, runs: Runs) -> Router {
+    Router::new()
+        .route("/fast", post(fast))
+        .route("/gated", post(gated))
+        .with_state(AppState {
+            idempotency: Idempotency::new(store),
+            gate,
+            runs,
+        })
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn post_json(addr: SocketAddr, path: &str, key: &str, body: Value) -> (u16, bool) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{addr}{path}"))
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (response.status().as_u16(), replayed)
+}
+
+async fn raw_connection(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `INFO commandstats` as command → calls.
+async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The commands the server ran between two snapshots, leaving out the `INFO` calls
+/// that take the snapshots.
+fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, calls)| *calls > 0)
+        .collect()
+}
+
+/// What the server ran for `round_trips` script calls whose scripts ran `inner`.
+///
+/// Redis counts the commands a script runs as well as the `EVALSHA` that ran it, so the
+/// expected counts name both: the `EVALSHA`s are the round trips, the rest must be
+/// exactly what those scripts do (see the scripts in the store's docs), which leaves no
+/// room for any other command sent by a client.
+fn expected(round_trips: u64, inner: &[(&str, u64)]) -> HashMap<String, u64> {
+    let mut commands: HashMap<String, u64> = inner
+        .iter()
+        .map(|(name, calls)| ((*name).to_owned(), *calls))
+        .collect();
+    commands.insert("evalsha".to_owned(), round_trips);
+    commands
+}
+
+/// Each protocol step is one command, counted by the server itself. A server of its own,
+/// because the shared one counts every other test's commands too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_protocol_step_is_one_command() {
+    let server = RedisServer::start();
+    // `connect` loads the scripts, so no request below pays for a NOSCRIPT round trip.
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let (gate, runs) = (Gate::default(), Runs::default());
+    let addr = serve(app(store, gate.clone(), runs.clone())).await;
+    let mut stats = raw_connection(&server.url()).await;
+    let order = json!({"item": "widget", "qty": 1});
+
+    // A first execution: claim (acquired), then complete; nothing else for a fast handler.
+    let before = command_calls(&mut stats).await;
+    assert_eq!(
+        post_json(addr, "/fast", "k1", order.clone()).await,
+        (201, false)
+    );
+    let after = command_calls(&mut stats).await;
+    assert_eq!(
+        ran(&before, &after),
+        expected(
+            2,
+            &[("exists", 1), ("hset", 2), ("pexpire", 2), ("hmget", 1)]
+        ),
+        "a first execution is claim + complete"
+    );
+
+    // A replay: one command (claim, which finds the completed record).
+    let before = after;
+    assert_eq!(
+        post_json(addr, "/fast", "k1", order.clone()).await,
+        (201, true)
+    );
+    let after = command_calls(&mut stats).await;
+    let read_completed = [("exists", 1), ("hmget", 1), ("hget", 1)];
+    assert_eq!(
+        ran(&before, &after),
+        expected(1, &read_completed),
+        "a replay is one command"
+    );
+
+    // The same key with another body: one command to find out.
+    let before = after;
+    let other = json!({"item": "widget", "qty": 2});
+    assert_eq!(post_json(addr, "/fast", "k1", other).await, (422, false));
+    let after = command_calls(&mut stats).await;
+    assert_eq!(
+        ran(&before, &after),
+        expected(1, &read_completed),
+        "a mismatch is one command"
+    );
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1);
+
+    // A conflict with a request in flight: one command (claim, which finds it in flight).
+    let first = tokio::spawn(post_json(addr, "/gated", "k2", json!({})));
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = command_calls(&mut stats).await;
+    assert_eq!(
+        post_json(addr, "/gated", "k2", json!({})).await,
+        (409, false)
+    );
+    let after = command_calls(&mut stats).await;
+    assert_eq!(
+        ran(&before, &after),
+        expected(1, &[("exists", 1), ("hmget", 1), ("pttl", 1)]),
+        "a conflict is one command"
+    );
+
+    // The held request completes: one command.
+    let before = after;
+    gate.open.add_permits(1);
+    assert_eq!(first.await.unwrap(), (201, false));
+    let after = command_calls(&mut stats).await;
+    assert_eq!(
+        ran(&before, &after),
+        expected(1, &[("hmget", 1), ("hset", 1), ("pexpire", 1)]),
+        "completion is one command"
+    );
+}
+
+async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
+    conn.pttl(key).await.unwrap()
+}
+
+/// One hash per key, under `<prefix>:{<key>}`; its expiry is the lease while in flight
+/// and the TTL, independent of the lease, once completed.
+#[tokio::test]
+async fn a_record_is_one_hash_that_expires_with_its_lease_then_its_ttl() {
+    let prefix = support::unique_prefix("layout");
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let mut conn = raw_connection(&shared_url()).await;
+    let redis_key = format!("{prefix}:{{k}}");
+    assert_eq!(store.record_key("k"), redis_key);
+    let fp = Fingerprint::of_bytes(b"body");
+    let lease = Duration::from_secs(60);
+
+    let Claim::Acquired(token) = store.claim("k", fp, lease).await.unwrap() else {
+        panic!("a free key is acquired");
+    };
+    let kind: String = redis::cmd("TYPE")
+        .arg(&redis_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash");
+    let fields: HashMap<String, Vec<u8>> = conn.hgetall(&redis_key).await.unwrap();
+    assert_eq!(fields["state"], b"in_flight");
+    assert_eq!(fields["fingerprint"], fp.as_bytes());
+    assert_eq!(fields["token"], token.0.to_string().as_bytes());
+    let left = pttl(&mut conn, &redis_key).await;
+    assert!(
+        0 < left && left <= 60_000,
+        "the lease is the expiry: {left} ms"
+    );
+
+    assert!(
+        store
+            .renew("k", token, Duration::from_secs(120))
+            .await
+            .unwrap()
+    );
+    let left = pttl(&mut conn, &redis_key).await;
+    assert!(
+        60_000 < left && left <= 120_000,
+        "renewal extends it: {left} ms"
+    );
+
+    let response = StoredResponse::new(StatusCode::CREATED, Default::default(), "ok".into());
+    assert!(
+        store
+            .complete("k", token, &response, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    );
+    let left = pttl(&mut conn, &redis_key).await;
+    assert!(
+        120_000 < left && left <= 3_600_000,
+        "the TTL replaces the lease: {left} ms"
+    );
+    let fields: HashMap<String, Vec<u8>> = conn.hgetall(&redis_key).await.unwrap();
+    assert_eq!(fields["state"], b"completed");
+    assert_eq!(
+        StoredResponse::from_bytes(&fields["response"]).unwrap(),
+        response
+    );
+}
+
+/// Stores with different prefixes share a server without seeing each other.
+#[tokio::test]
+async fn prefixes_separate_apps_on_one_server() {
+    let base = RedisStore::connect(shared_url()).await.unwrap();
+    let a = base.clone().with_prefix(support::unique_prefix("a"));
+    let b = base.with_prefix(support::unique_prefix("b"));
+    let fp = Fingerprint::of_bytes(b"x");
+    let lease = Duration::from_secs(30);
+    assert!(matches!(
+        a.claim("k", fp, lease).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+    assert!(matches!(
+        b.claim("k", fp, lease).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+    assert!(matches!(
+        a.lookup("k").await.unwrap(),
+        Some(Record::InFlight { .. })
+    ));
+}
+
+/// Whatever is found under a record's key, the store answers with an error, never a
+/// panic, and the protocol fails closed on it: 503, the handler not run.
+#[tokio::test]
+async fn corrupt_records_are_store_errors() {
+    let prefix = support::unique_prefix("corrupt");
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let mut conn = raw_connection(&shared_url()).await;
+    let fp = Fingerprint::of_bytes(b"x");
+    let lease = Duration::from_secs(30);
+    let fp_bytes = fp.as_bytes().to_vec();
+
+    let _: () = conn
+        .set(store.record_key("string"), "garbage")
+        .await
+        .unwrap();
+    // Hashes missing what the store writes, or holding what it never writes.
+    type Fields = Vec<(&'static str, Vec<u8>)>;
+    let cases: [(&str, Fields); 5] = [
+        (
+            "unknown-state",
+            vec![
+                ("state", b"paused".to_vec()),
+                ("fingerprint", fp_bytes.clone()),
+            ],
+        ),
+        ("no-state", vec![("fingerprint", fp_bytes.clone())]),
+        (
+            "short-fingerprint",
+            vec![
+                ("state", b"completed".to_vec()),
+                ("fingerprint", b"short".to_vec()),
+                ("response", b"x".to_vec()),
+            ],
+        ),
+        (
+            "bad-response",
+            vec![
+                ("state", b"completed".to_vec()),
+                ("fingerprint", fp_bytes.clone()),
+                ("response", b"IDR1garbage".to_vec()),
+            ],
+        ),
+        (
+            "no-response",
+            vec![
+                ("state", b"completed".to_vec()),
+                ("fingerprint", fp_bytes.clone()),
+            ],
+        ),
+    ];
+    for (name, fields) in &cases {
+        let _: () = conn
+            .hset_multiple(store.record_key(name), fields)
+            .await
+            .unwrap();
+    }
+    for name in std::iter::once("string").chain(cases.iter().map(|(name, _)| *name)) {
+        let err = store
+            .claim(name, fp, lease)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("claim of `{name}` must fail"));
+        assert!(
+            err.to_string().contains(&store.record_key(name)) || name == "string",
+            "{name}: {err}"
+        );
+        assert!(
+            store.lookup(name).await.is_err(),
+            "lookup of `{name}` must fail"
+        );
+    }
+    // A key of another type is no claim to renew, complete or release.
+    let token = idempotent_runtime::FencingToken::random();
+    assert!(store.renew("string", token, lease).await.is_err());
+    let response = StoredResponse::new(StatusCode::OK, Default::default(), "x".into());
+    assert!(
+        store
+            .complete("string", token, &response, lease)
+            .await
+            .is_err()
+    );
+    assert!(store.release("string", token).await.is_err());
+
+    // Through the protocol: fail closed.
+    let runs = Runs::default();
+    let addr = serve(app(store.clone(), Gate::default(), runs.clone())).await;
+    let record = store.record_key(&key::namespace("POST", "/fast", None, "corrupt"));
+    let _: () = conn.set(&record, "garbage").await.unwrap();
+    assert_eq!(
+        post_json(addr, "/fast", "corrupt", json!({})).await,
+        (503, false)
+    );
+    assert_eq!(runs.0.load(Ordering::SeqCst), 0, "the handler must not run");
+    let _: () = conn.del(&record).await.unwrap();
+    for name in std::iter::once("string").chain(cases.iter().map(|(name, _)| *name)) {
+        let _: () = conn.del(store.record_key(name)).await.unwrap();
+    }
+}

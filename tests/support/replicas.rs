@@ -1,0 +1,321 @@
+//! Several instances of one app over one shared store, each on its own loopback port,
+//! driven with real HTTP: what a deployment behind a load balancer looks like.
+//!
+//! Generic over the store: each replica gets its own store (its own connection) from a
+//! factory, so the same tests run for every shared store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{FromRef, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use idempotent_runtime::{Idempotency, Store, idempotent};
+use serde_json::{Value, json};
+
+/// The header that makes the handler sleep, in milliseconds.
+pub const SLEEP_HEADER: &str = "x-sleep-ms";
+
+/// What every replica shares with the test: how often the handler ran, in total.
+#[derive(Clone, Default)]
+pub struct Runs(Arc<AtomicUsize>);
+
+impl Runs {
+    /// Handler executions so far, over all replicas.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct Replica {
+    index: usize,
+    runs: Runs,
+}
+
+#[derive(Clone, FromRef)]
+struct AppState {
+    idempotency: Idempotency,
+    replica: Replica,
+}
+
+#[derive(serde::Deserialize)]
+struct OrderCreate {
+    item: String,
+    qty: u32,
+}
+
+#[idempotent(ttl = "1h")]
+async fn create_order(
+    State(replica): State<Replica>,
+    headers: HeaderMap,
+    Json(order): Json<OrderCreate>,
+) -> impl IntoResponse {
+    let run = replica.runs.0.fetch_add(1, Ordering::SeqCst) + 1;
+    let sleep = headers
+        .get(SLEEP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(ms) = sleep {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "item": order.item,
+            "qty": order.qty,
+            "run": run,
+            "replica": replica.index,
+        })),
+    )
+}
+
+/// The app every replica runs: `POST /orders`, idempotent.
+fn app(idempotency: Idempotency, index: usize, runs: Runs) -> Router {
+    Router::new()
+        .route("/orders", post(create_order))
+        .with_state(AppState {
+            idempotency,
+            replica: Replica { index, runs },
+        })
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// An answer, as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub replayed: bool,
+    pub content_type: Option<String>,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub key: String,
+    pub body: Value,
+    pub sleep_ms: Option<u64>,
+}
+
+impl Order {
+    /// `{"item": "widget", "qty": 1}` under `key`.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            body: json!({"item": "widget", "qty": 1}),
+            sleep_ms: None,
+        }
+    }
+
+    /// Makes the handler take `ms` milliseconds.
+    pub fn sleeping(mut self, ms: u64) -> Self {
+        self.sleep_ms = Some(ms);
+        self
+    }
+}
+
+/// An HTTP client for the replicas.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a plain HTTP client builds");
+        Self { http }
+    }
+
+    /// Posts `order` to the replica at `addr`; `Err` if no answer came (connection lost).
+    pub async fn post(&self, addr: SocketAddr, order: &Order) -> Result<Answer, reqwest::Error> {
+        let mut request = self
+            .http
+            .post(format!("http://{addr}/orders"))
+            .header("idempotency-key", &order.key)
+            .json(&order.body);
+        if let Some(ms) = order.sleep_ms {
+            request = request.header(SLEEP_HEADER, ms.to_string());
+        }
+        let response = request.send().await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let status = response.status().as_u16();
+        let replayed = header("idempotent-replayed").as_deref() == Some("true");
+        let content_type = header("content-type");
+        let retry_after = header("retry-after");
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Answer {
+            status,
+            replayed,
+            content_type,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// `n` replicas of the app, each with its own store from the factory, served on the
+/// current runtime.
+pub struct Replicas {
+    addrs: Vec<SocketAddr>,
+    runs: Runs,
+}
+
+impl Replicas {
+    /// Starts `n` replicas; `configure` sets the `Idempotency` of each (lease, timeouts).
+    pub async fn start<S, F, Fut>(
+        n: usize,
+        mut store: F,
+        configure: impl Fn(Idempotency) -> Idempotency,
+    ) -> Self
+    where
+        S: Store,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = S>,
+    {
+        let runs = Runs::default();
+        let mut addrs = Vec::with_capacity(n);
+        for index in 0..n {
+            let idempotency = configure(Idempotency::new(store().await));
+            addrs.push(serve(app(idempotency, index, runs.clone())).await);
+        }
+        Self { addrs, runs }
+    }
+
+    /// The replicas' addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The handler executions of all replicas together.
+    pub fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
+    /// Sends every order at once, the `i`-th to replica `i % n`; the answers in order.
+    pub async fn storm(&self, client: &Client, orders: &[Order]) -> Vec<Answer> {
+        let start = Arc::new(tokio::sync::Barrier::new(orders.len()));
+        let tasks: Vec<_> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, order)| {
+                let (client, order, start) = (client.clone(), order.clone(), Arc::clone(&start));
+                let addr = self.addrs[i % self.addrs.len()];
+                tokio::spawn(async move {
+                    start.wait().await;
+                    client.post(addr, &order).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match task.await {
+                Ok(Ok(answer)) => answers.push(answer),
+                Ok(Err(err)) => panic!("a replica did not answer: {err}"),
+                Err(err) => panic!("a request task failed: {err}"),
+            }
+        }
+        answers
+    }
+}
+
+/// A replica in a tokio runtime of its own, on a thread of its own, that can be killed
+/// like a crashed process: its tasks stop where they are, nothing runs to clean up.
+pub struct KillableReplica {
+    addr: SocketAddr,
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillableReplica {
+    /// Starts one replica whose store is made by `store` inside the replica's runtime
+    /// (a connection belongs to the runtime it was made in), counting into `runs`.
+    pub fn start<S, F, Fut>(
+        runs: &Runs,
+        store: F,
+        configure: impl FnOnce(Idempotency) -> Idempotency + Send + 'static,
+    ) -> Self
+    where
+        S: Store,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = S>,
+    {
+        let runs = runs.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime builds");
+            let addr = runtime.block_on(async move {
+                let idempotency = configure(Idempotency::new(store().await));
+                serve(app(idempotency, usize::MAX, runs)).await
+            });
+            let _ = ready_tx.send(addr);
+            // Until killed (or the test is gone); then drop every task mid-flight.
+            let _ = kill_rx.recv();
+            runtime.shutdown_background();
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the killable replica started");
+        Self {
+            addr,
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it at once: its handlers and lease renewals stop mid-flight.
+    pub fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for KillableReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
