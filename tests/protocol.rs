@@ -17,6 +17,9 @@ use tower::ServiceExt;
 #[path = "support/broken.rs"]
 mod broken;
 use broken::Broken;
+#[path = "support/flaky.rs"]
+mod flaky;
+use flaky::{Fault, Flaky};
 
 #[derive(Clone, FromRef)]
 struct AppState {
@@ -532,68 +535,6 @@ async fn a_store_that_fails_or_hangs_gets_503_and_runs_nothing() {
     }
 }
 
-/// Collects what the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn every_outcome_is_logged_without_the_raw_key() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let key = "secret-key-4711";
-    let (app, _) = app();
-    send(&app, post_with("/create", key, "a")).await;
-    send(&app, post_with("/create", key, "a")).await;
-    send(&app, post_with("/create", key, "b")).await;
-    send(&app, post_with("/status", key, "500")).await;
-    let first = tokio::spawn({
-        let app = app.clone();
-        async move { send(&app, slow_request(key, "a", 200)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    send(&app, slow_request(key, "a", 200)).await;
-    first.await.expect("first");
-    let (broken, _) =
-        app_with(Idempotency::new(Broken::Failing).with_store_timeout(Duration::from_millis(50)));
-    send(&broken, post_with("/create", key, "a")).await;
-
-    let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
-    for outcome in [
-        "claimed",
-        "completed",
-        "replayed",
-        "key reused with a different request",
-        "released",
-        "conflict: request in flight",
-        "idempotency store unavailable",
-    ] {
-        assert!(logs.contains(outcome), "no `{outcome}` event in:\n{logs}");
-    }
-    assert!(!logs.contains(key), "the raw key reached the logs:\n{logs}");
-}
-
 #[tokio::test]
 async fn the_app_chooses_which_headers_are_replayed() {
     use axum::http::HeaderName;
@@ -620,4 +561,44 @@ async fn the_app_chooses_which_headers_are_replayed() {
     for name in ["etag", "x-trace", "x-binary", "set-cookie"] {
         assert!(retry.headers.get(name).is_none(), "{name} is not allowed");
     }
+}
+
+#[tokio::test]
+async fn a_claim_granted_after_its_503_does_not_block_the_key() {
+    // The store answers the first claim after 300 ms, long past the 50 ms timeout, and
+    // grants it then. The client got a 503; its retry must not find the key held by that
+    // orphaned claim for the whole 60 s lease.
+    let store = Flaky::new(Fault::SlowClaim(Duration::from_millis(300)));
+    let idempotency = Idempotency::new(store).with_store_timeout(Duration::from_millis(50));
+    let (app, runs) = app_with(idempotency);
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "the retry runs at once");
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_completion_is_retried_so_the_retry_gets_the_replay() {
+    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedComplete)));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert!(
+        retry.replayed(),
+        "got {} instead of the replay",
+        retry.status
+    );
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_release_is_retried_so_the_retry_runs_at_once() {
+    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedRelease)));
+    let first = send(&app, post_with("/status", "k", "500")).await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let retry = send(&app, post_with("/status", "k", "500")).await;
+    assert_eq!(retry.status, StatusCode::INTERNAL_SERVER_ERROR, "not a 409");
+    assert_eq!(runs.get(), 2);
 }

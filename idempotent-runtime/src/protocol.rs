@@ -27,12 +27,13 @@ use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 use crate::key::{self, KeyError, KeySource};
 use crate::policy::StatusPolicy;
 use crate::problem::{Problem, ProblemKind};
 use crate::response::{Captured, capture};
-use crate::store::{Claim, FencingToken, Record};
+use crate::store::{BoxFuture, Claim, FencingToken, Record, StoreError};
 use crate::{Fingerprint, Idempotency, IdempotencyState, StoredResponse};
 
 const TARGET: &str = "idempotent";
@@ -123,26 +124,46 @@ where
     // Claim and handler run in a task of their own, so that a client that goes away
     // cancels neither a claim the store has already granted (the key would stay in flight
     // until its lease lapsed) nor the handler it protects: the retry then finds the
-    // stored response instead of running the handler again.
-    let task = async move {
-        let token = match claim(endpoint, &idempotency, &prepared.key, prepared.fingerprint).await {
-            Ok(token) => token,
-            Err(response) => return response,
+    // stored response instead of running the handler again. The task answers through a
+    // channel, so it can answer first and tidy up after (see `claim`).
+    let (reply, answer) = oneshot::channel();
+    tokio::spawn(async move {
+        let Claimable {
+            request,
+            key,
+            fingerprint,
+        } = prepared;
+        let lease = endpoint.lease.unwrap_or(idempotency.lease());
+        let token = match claim(&idempotency, &key, fingerprint, lease).await {
+            Claimed::Owned(token) => token,
+            Claimed::Answered(response) => {
+                let _ = reply.send(response);
+                return;
+            }
+            Claimed::Late(response, pending) => {
+                let _ = reply.send(response);
+                if let Ok(Ok(Claim::Acquired(token))) = tokio::time::timeout(lease, pending).await {
+                    tracing::warn!(target: TARGET, key = short(&key), "a claim granted too late is released");
+                    release(&idempotency, &key, token, lease).await;
+                }
+                return;
+            }
         };
         let run = Execution {
-            lease: endpoint.lease.unwrap_or(idempotency.lease()),
+            lease,
             ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
             idempotency,
-            key: prepared.key,
+            key,
             token,
             policy: endpoint.policy,
         };
-        run.execute(handler.call(prepared.request, state)).await
-    };
-    match tokio::spawn(task).await {
+        // The client may be gone; the work is done either way.
+        let _ = reply.send(run.execute(handler.call(request, state)).await);
+    });
+    match answer.await {
         Ok(response) => response,
-        Err(err) => {
-            tracing::error!(target: TARGET, error = %err, "idempotent request task failed");
+        Err(_) => {
+            tracing::error!(target: TARGET, "idempotent request task ended without an answer");
             Problem::new(ProblemKind::HandlerPanicked, "the request task failed").into_response()
         }
     }
@@ -303,54 +324,65 @@ fn short(key: &str) -> &str {
     key.get(..16).unwrap_or(key)
 }
 
+/// What the claim decided.
+enum Claimed<'a> {
+    /// The key is ours.
+    Owned(FencingToken),
+    /// The request is answered without running the handler: replay, 409, 422, 503.
+    Answered(Response),
+    /// The store did not answer in time: `503` now, but the claim may still be granted,
+    /// and a granted claim nobody owns would hold the key until its lease lapsed, so the
+    /// caller awaits it a while longer and releases it.
+    Late(Response, BoxFuture<'a, Result<Claim, StoreError>>),
+}
+
 /// Step 3: one store operation decides.
-async fn claim(
-    endpoint: &Endpoint,
-    idempotency: &Idempotency,
-    key: &str,
+async fn claim<'a>(
+    idempotency: &'a Idempotency,
+    key: &'a str,
     fingerprint: Fingerprint,
-) -> Result<FencingToken, Response> {
-    let lease = endpoint.lease.unwrap_or(idempotency.lease());
-    let outcome = tokio::time::timeout(
-        idempotency.store_timeout(),
-        idempotency.store().claim(key, fingerprint, lease),
-    )
-    .await;
-    let claim = match outcome {
+    lease: Duration,
+) -> Claimed<'a> {
+    let mut pending = idempotency.store().claim(key, fingerprint, lease);
+    let claim = match tokio::time::timeout(idempotency.store_timeout(), &mut pending).await {
         Ok(Ok(claim)) => claim,
-        Ok(Err(err)) => return Err(store_unavailable(key, &err.to_string())),
-        Err(_) => return Err(store_unavailable(key, "the store did not answer in time")),
+        Ok(Err(err)) => return Claimed::Answered(store_unavailable(key, &err.to_string())),
+        Err(_) => {
+            let answer = store_unavailable(key, "the store did not answer in time");
+            return Claimed::Late(answer, pending);
+        }
     };
-    match claim {
+    let answer = match claim {
         Claim::Acquired(token) => {
             tracing::debug!(target: TARGET, key = short(key), token = token.0, "claimed");
-            Ok(token)
+            return Claimed::Owned(token);
         }
         Claim::Existing(record) if *record.fingerprint() != fingerprint => {
             tracing::warn!(target: TARGET, key = short(key), "key reused with a different request");
-            Err(Problem::new(
+            Problem::new(
                 ProblemKind::KeyReused,
                 "this idempotency key was already used with a different request body; use a new key for a new request",
             )
-            .into_response())
+            .into_response()
         }
         Claim::Existing(Record::InFlight {
             lease_remaining, ..
         }) => {
             let seconds = lease_remaining.as_secs_f64().ceil().max(1.0) as u64;
             tracing::info!(target: TARGET, key = short(key), retry_after = seconds, "conflict: request in flight");
-            Err(Problem::new(
+            Problem::new(
                 ProblemKind::InFlight,
                 format!("a request with this idempotency key is being processed; retry in {seconds} s to get its response"),
             )
             .with_retry_after(seconds)
-            .into_response())
+            .into_response()
         }
         Claim::Existing(Record::Completed { response, .. }) => {
             tracing::debug!(target: TARGET, key = short(key), status = response.status().as_u16(), "replayed");
-            Err(response.replay())
+            response.replay()
         }
-    }
+    };
+    Claimed::Answered(answer)
 }
 
 fn store_unavailable(key: &str, error: &str) -> Response {
@@ -464,45 +496,79 @@ impl Execution {
     }
 
     async fn complete(&self, stored: &StoredResponse) {
-        let outcome = tokio::time::timeout(
-            self.idempotency.store_timeout(),
-            self.idempotency
-                .store()
-                .complete(&self.key, self.token, stored, self.ttl),
-        )
+        let store = self.idempotency.store();
+        let completed = settle(&self.idempotency, &self.key, "complete", self.lease, || {
+            store.complete(&self.key, self.token, stored, self.ttl)
+        })
         .await;
-        match outcome {
-            Ok(Ok(true)) => {
+        match completed {
+            Some(true) => {
                 tracing::debug!(target: TARGET, key = short(&self.key), status = stored.status().as_u16(), "completed");
             }
-            Ok(Ok(false)) => {
+            Some(false) => {
                 tracing::warn!(target: TARGET, key = short(&self.key), "response not stored: the claim was taken over after its lease lapsed");
             }
-            Ok(Err(err)) => {
-                tracing::error!(target: TARGET, key = short(&self.key), error = %err, "response not stored: store error; the key frees up when the lease lapses");
-            }
-            Err(_) => {
-                tracing::error!(target: TARGET, key = short(&self.key), "response not stored: store timed out; the key frees up when the lease lapses");
+            None => {
+                tracing::error!(target: TARGET, key = short(&self.key), "response not stored: the store is unavailable; the key frees up when the lease lapses");
             }
         }
     }
 
     async fn release(&self) {
-        let outcome = tokio::time::timeout(
-            self.idempotency.store_timeout(),
-            self.idempotency.store().release(&self.key, self.token),
-        )
-        .await;
-        match outcome {
-            Ok(Ok(_)) => tracing::debug!(target: TARGET, key = short(&self.key), "released"),
-            Ok(Err(err)) => {
-                tracing::error!(target: TARGET, key = short(&self.key), error = %err, "release failed; the key frees up when the lease lapses");
-            }
-            Err(_) => {
-                tracing::error!(target: TARGET, key = short(&self.key), "release timed out; the key frees up when the lease lapses");
-            }
+        release(&self.idempotency, &self.key, self.token, self.lease).await;
+    }
+}
+
+/// Releases a claim so that a retry runs again.
+async fn release(idempotency: &Idempotency, key: &str, token: FencingToken, lease: Duration) {
+    let store = idempotency.store();
+    match settle(idempotency, key, "release", lease, || {
+        store.release(key, token)
+    })
+    .await
+    {
+        Some(_) => tracing::debug!(target: TARGET, key = short(key), "released"),
+        None => {
+            tracing::error!(target: TARGET, key = short(key), "release failed; the key frees up when the lease lapses");
         }
     }
+}
+
+/// How often a completion or release is tried before the key is left to its lease.
+const SETTLE_ATTEMPTS: u32 = 3;
+
+/// Runs `op`, the last store operation of a claim, retrying a failure or a time-out a
+/// couple of times while the lease surely still holds (within a third of it, the renewal
+/// period): each success here spares the client a `409` until the lease lapses, and for a
+/// completion a second execution after it. `None` if every attempt failed.
+async fn settle<F, Fut>(
+    idempotency: &Idempotency,
+    key: &str,
+    what: &'static str,
+    lease: Duration,
+    mut op: F,
+) -> Option<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, StoreError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(25);
+    for attempt in 1..=SETTLE_ATTEMPTS {
+        match tokio::time::timeout(idempotency.store_timeout(), op()).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(err)) => {
+                tracing::warn!(target: TARGET, key = short(key), attempt, error = %err, "{what} failed");
+            }
+            Err(_) => tracing::warn!(target: TARGET, key = short(key), attempt, "{what} timed out"),
+        }
+        if started.elapsed() + backoff + idempotency.store_timeout() > lease / 3 {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+    None
 }
 
 impl Problem {

@@ -1,0 +1,120 @@
+//! Every outcome is logged through `tracing`, with the key hashed, never raw.
+//!
+//! A binary of its own: the subscriber is process-wide, so that no event is lost to
+//! tracing's per-callsite interest cache while other tests run on other threads.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+use tower::ServiceExt;
+
+#[path = "support/broken.rs"]
+mod broken;
+use broken::Broken;
+
+/// Collects what the subscriber writes.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Answers with the status in its body, after `delay` ms given in the path.
+#[idempotent]
+async fn answer(body: String) -> StatusCode {
+    let (status, delay) = body.split_once(' ').unwrap_or((&body, "0"));
+    tokio::time::sleep(Duration::from_millis(delay.parse().unwrap_or(0))).await;
+    status
+        .parse()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK)
+}
+
+async fn send(app: &Router, key: &str, body: &'static str) -> StatusCode {
+    let request = Request::post("/")
+        .header("idempotency-key", key)
+        .body(Body::from(body))
+        .expect("a valid request");
+    app.clone()
+        .oneshot(request)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+#[tokio::test]
+async fn every_outcome_is_logged_without_the_raw_key() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+
+    let key = "secret-key-4711";
+    let app = Router::new()
+        .route("/", post(answer))
+        .with_state(Idempotency::new(MemoryStore::new()));
+    assert_eq!(send(&app, key, "201").await, StatusCode::CREATED);
+    assert_eq!(send(&app, key, "201").await, StatusCode::CREATED);
+    assert_eq!(
+        send(&app, key, "202").await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let other = "another-secret-key";
+    assert_eq!(
+        send(&app, other, "500").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let slow = "slow-secret-key";
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow, "200 300").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(send(&app, slow, "200 300").await, StatusCode::CONFLICT);
+    assert_eq!(first.await.expect("first"), StatusCode::OK);
+    let broken = Router::new().route("/", post(answer)).with_state(
+        Idempotency::new(Broken::Failing).with_store_timeout(Duration::from_millis(50)),
+    );
+    assert_eq!(
+        send(&broken, key, "201").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
+    for outcome in [
+        "claimed",
+        "completed",
+        "replayed",
+        "key reused with a different request",
+        "released",
+        "conflict: request in flight",
+        "idempotency store unavailable",
+    ] {
+        assert!(logs.contains(outcome), "no `{outcome}` event in:\n{logs}");
+    }
+    for raw in [key, other, slow] {
+        assert!(!logs.contains(raw), "the raw key reached the logs:\n{logs}");
+    }
+}
