@@ -5,6 +5,7 @@
 
 pub mod fingerprint;
 pub mod key;
+pub mod once;
 pub mod policy;
 pub mod problem;
 pub mod protocol;

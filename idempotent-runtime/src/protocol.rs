@@ -36,7 +36,7 @@ use crate::response::{Captured, capture};
 use crate::store::{BoxFuture, Claim, FencingToken, Record, StoreError};
 use crate::{Fingerprint, Idempotency, IdempotencyState, StoredResponse};
 
-const TARGET: &str = "idempotent";
+pub(crate) const TARGET: &str = "idempotent";
 
 /// What is hashed to identify "the same request".
 #[doc(hidden)]
@@ -141,11 +141,9 @@ where
                 return;
             }
             Claimed::Late(response, pending) => {
+                // Answered first: the client does not wait for the tidying up.
                 let _ = reply.send(response);
-                if let Ok(Ok(Claim::Acquired(token))) = tokio::time::timeout(lease, pending).await {
-                    tracing::warn!(target: TARGET, key = short(&key), "a claim granted too late is released");
-                    release(&idempotency, &key, token, lease).await;
-                }
+                release_late(&idempotency, &key, lease, pending, lease).await;
                 return;
             }
         };
@@ -320,7 +318,7 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Pro
 }
 
 /// A short, log-safe name for a store key (itself a hash, never the raw key).
-fn short(key: &str) -> &str {
+pub(crate) fn short(key: &str) -> &str {
     key.get(..16).unwrap_or(key)
 }
 
@@ -330,10 +328,49 @@ enum Claimed<'a> {
     Owned(FencingToken),
     /// The request is answered without running the handler: replay, 409, 422, 503.
     Answered(Response),
-    /// The store did not answer in time: `503` now, but the claim may still be granted,
-    /// and a granted claim nobody owns would hold the key until its lease lapsed, so the
-    /// caller awaits it a while longer and releases it.
+    /// The store did not answer in time: `503` now, and the late claim to release.
     Late(Response, BoxFuture<'a, Result<Claim, StoreError>>),
+}
+
+/// What the store said to a claim.
+pub(crate) enum Decision<'a> {
+    /// It answered.
+    Decided(Claim),
+    /// It failed.
+    Failed(StoreError),
+    /// It did not answer within the store timeout. The claim may still be granted, and a
+    /// granted claim nobody owns would hold the key until its lease lapsed: hand this to
+    /// [`release_late`].
+    Late(BoxFuture<'a, Result<Claim, StoreError>>),
+}
+
+/// The one store operation that decides, bounded by the store timeout.
+pub(crate) async fn decide<'a>(
+    idempotency: &'a Idempotency,
+    key: &'a str,
+    fingerprint: Fingerprint,
+    lease: Duration,
+) -> Decision<'a> {
+    let mut pending = idempotency.store().claim(key, fingerprint, lease);
+    match tokio::time::timeout(idempotency.store_timeout(), &mut pending).await {
+        Ok(Ok(claim)) => Decision::Decided(claim),
+        Ok(Err(err)) => Decision::Failed(err),
+        Err(_) => Decision::Late(pending),
+    }
+}
+
+/// Awaits a late claim for up to `wait` more and releases it if it was granted.
+pub(crate) async fn release_late(
+    idempotency: &Idempotency,
+    key: &str,
+    lease: Duration,
+    pending: BoxFuture<'_, Result<Claim, StoreError>>,
+    wait: Duration,
+) {
+    if let Ok(Ok(Claim::Acquired(token))) = tokio::time::timeout(wait, pending).await {
+        tracing::warn!(target: TARGET, key = short(key), "a claim granted too late is released");
+        release(idempotency, key, token, lease).await;
+    }
 }
 
 /// Step 3: one store operation decides.
@@ -343,11 +380,12 @@ async fn claim<'a>(
     fingerprint: Fingerprint,
     lease: Duration,
 ) -> Claimed<'a> {
-    let mut pending = idempotency.store().claim(key, fingerprint, lease);
-    let claim = match tokio::time::timeout(idempotency.store_timeout(), &mut pending).await {
-        Ok(Ok(claim)) => claim,
-        Ok(Err(err)) => return Claimed::Answered(store_unavailable(key, &err.to_string())),
-        Err(_) => {
+    let claim = match decide(idempotency, key, fingerprint, lease).await {
+        Decision::Decided(claim) => claim,
+        Decision::Failed(err) => {
+            return Claimed::Answered(store_unavailable(key, &err.to_string()));
+        }
+        Decision::Late(pending) => {
             let answer = store_unavailable(key, "the store did not answer in time");
             return Claimed::Late(answer, pending);
         }
@@ -411,12 +449,7 @@ impl Execution {
     where
         F: Future<Output = Response> + Send,
     {
-        let mut handler = std::pin::pin!(AssertUnwindSafe(handler).catch_unwind());
-        let outcome = tokio::select! {
-            outcome = &mut handler => outcome,
-            () = self.renew_while_running() => handler.await,
-        };
-        let response = match outcome {
+        let response = match self.guard(handler).await {
             Ok(response) => response,
             Err(_panic) => {
                 tracing::error!(target: TARGET, key = short(&self.key), "handler panicked; claim released");
@@ -467,6 +500,15 @@ impl Execution {
         }
     }
 
+    /// Runs `work` while renewing the lease, catching a panic.
+    pub(crate) async fn guard<F: Future>(&self, work: F) -> std::thread::Result<F::Output> {
+        let mut work = std::pin::pin!(AssertUnwindSafe(work).catch_unwind());
+        tokio::select! {
+            outcome = &mut work => outcome,
+            () = self.renew_while_running() => work.await,
+        }
+    }
+
     /// Keeps the lease alive; returns only if the lease is lost.
     async fn renew_while_running(&self) {
         let every = (self.lease / 3).max(Duration::from_millis(1));
@@ -495,7 +537,7 @@ impl Execution {
         }
     }
 
-    async fn complete(&self, stored: &StoredResponse) {
+    pub(crate) async fn complete(&self, stored: &StoredResponse) {
         let store = self.idempotency.store();
         let completed = settle(&self.idempotency, &self.key, "complete", self.lease, || {
             store.complete(&self.key, self.token, stored, self.ttl)
@@ -514,13 +556,18 @@ impl Execution {
         }
     }
 
-    async fn release(&self) {
+    pub(crate) async fn release(&self) {
         release(&self.idempotency, &self.key, self.token, self.lease).await;
     }
 }
 
 /// Releases a claim so that a retry runs again.
-async fn release(idempotency: &Idempotency, key: &str, token: FencingToken, lease: Duration) {
+pub(crate) async fn release(
+    idempotency: &Idempotency,
+    key: &str,
+    token: FencingToken,
+    lease: Duration,
+) {
     let store = idempotency.store();
     match settle(idempotency, key, "release", lease, || {
         store.release(key, token)

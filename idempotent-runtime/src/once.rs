@@ -1,0 +1,249 @@
+//! At most once beyond HTTP: queue consumers and plain async functions.
+//!
+//! Message brokers deliver at least once: after a crash, a time-out or a rebalance the
+//! same event arrives again. [`Idempotency::once`] runs a piece of work at most once per
+//! key, over the same store and claim protocol as the `#[idempotent]` handlers, and
+//! stores its result so that a redelivery gets it back instead of doing the work again.
+//!
+//! ```
+//! use idempotent_runtime::{Idempotency, MemoryStore, once::{OnceError, Outcome}};
+//!
+//! #[derive(serde::Serialize)]
+//! struct Refund { order: u64, cents: u64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let idempotency = Idempotency::new(MemoryStore::new());
+//! let refunds = idempotency.once("refunds");
+//! let event = Refund { order: 42, cents: 1000 };
+//!
+//! // The first delivery does the work...
+//! let first = refunds
+//!     .run("evt_1", &event, || async { Ok::<_, std::io::Error>(format!("refund of {}", event.cents)) })
+//!     .await?;
+//! assert!(matches!(first, Outcome::Ran(_)));
+//!
+//! // ...a redelivery gets its result back without doing it again.
+//! let again = refunds
+//!     .run("evt_1", &event, || async { Ok::<String, std::io::Error>(unreachable!()) })
+//!     .await?;
+//! assert_eq!(again, Outcome::Replayed("refund of 1000".to_owned()));
+//! # Ok(()) }
+//! ```
+//!
+//! What a consumer does with each outcome:
+//!
+//! | result | meaning | acknowledge? |
+//! | --- | --- | --- |
+//! | `Ok(Outcome::Ran(v))` | the work ran now; `v` is stored for the TTL | yes |
+//! | `Ok(Outcome::Replayed(v))` | it ran before; `v` is what it returned | yes |
+//! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver later |
+//! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
+//! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
+//! | `Err(OnceError::Store(_))` | the store is unavailable; nothing ran | redeliver later |
+//!
+//! The input is fingerprinted in canonical JSON, like a request body. The work's result
+//! is stored as JSON, so it must serialise and deserialise. While the work runs, its
+//! lease is renewed; if the work panics, the key is released and the panic resumes. A
+//! future dropped mid-work (its task cancelled) stops renewing, and the key frees up when
+//! the lease lapses.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::policy::StatusPolicy;
+use crate::protocol::{Decision, Execution, TARGET, decide, release_late, short};
+use crate::store::{Claim, Record, StoreError};
+use crate::{Fingerprint, Idempotency, StoredResponse, key};
+
+/// What [`Once::run`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The work ran now.
+    Ran(T),
+    /// The work ran before; this is its stored result.
+    Replayed(T),
+}
+
+impl<T> Outcome<T> {
+    /// The result, wherever it came from.
+    ///
+    /// ```
+    /// use idempotent_runtime::once::Outcome;
+    /// assert_eq!(Outcome::Replayed(7).into_inner(), 7);
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Ran(value) | Self::Replayed(value) => value,
+        }
+    }
+}
+
+/// Why [`Once::run`] did not return a result.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OnceError<E> {
+    /// Another caller holds the key and is running the work now.
+    InFlight {
+        /// Time left on its lease.
+        retry_after: Duration,
+    },
+    /// The key was already used with a different input.
+    KeyReused,
+    /// The work returned an error; the key was released so that it can run again.
+    Failed(E),
+    /// The store could not be reached or did not answer in time; nothing ran.
+    Store(StoreError),
+    /// The stored result could not be read back as the expected type (or could not be
+    /// serialised when the work ran), or the input could not be serialised.
+    Codec(serde_json::Error),
+}
+
+impl<E: fmt::Display> fmt::Display for OnceError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InFlight { retry_after } => write!(
+                f,
+                "the work for this key is running elsewhere; retry in {retry_after:?}"
+            ),
+            Self::KeyReused => f.write_str("the key was already used with a different input"),
+            Self::Failed(err) => write!(f, "the work failed: {err}"),
+            Self::Store(err) => write!(f, "the idempotency store is unavailable: {err}"),
+            Self::Codec(err) => write!(f, "the result could not be stored or read back: {err}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for OnceError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Failed(err) => Some(err),
+            Self::Store(err) => Some(err),
+            Self::Codec(err) => Some(err),
+            Self::InFlight { .. } | Self::KeyReused => None,
+        }
+    }
+}
+
+/// One kind of work run at most once per key: see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Once<'a> {
+    idempotency: &'a Idempotency,
+    operation: String,
+    ttl: Duration,
+    lease: Duration,
+}
+
+impl Idempotency {
+    /// Work called `operation` (keys of different operations never meet), with the app's
+    /// TTL and lease.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// let emails = idempotency.once("welcome-email").with_ttl(Duration::from_secs(7 * 24 * 3600));
+    /// # let _ = emails;
+    /// ```
+    pub fn once(&self, operation: impl Into<String>) -> Once<'_> {
+        Once {
+            idempotency: self,
+            operation: operation.into(),
+            ttl: self.ttl(),
+            lease: self.lease(),
+        }
+    }
+}
+
+impl Once<'_> {
+    /// How long a result is kept.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a crashed caller's claim blocks the key.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs `work` unless it already ran (or is running) for `key` with this `input`.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        key: &str,
+        input: &impl Serialize,
+        work: F,
+    ) -> Result<Outcome<T>, OnceError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let fingerprint =
+            Fingerprint::of_json(&serde_json::to_value(input).map_err(OnceError::Codec)?);
+        let store_key = key::namespace("ONCE", &self.operation, None, key);
+        let idempotency = self.idempotency;
+        let token = match decide(idempotency, &store_key, fingerprint, self.lease).await {
+            Decision::Decided(Claim::Acquired(token)) => token,
+            Decision::Decided(Claim::Existing(record)) if *record.fingerprint() != fingerprint => {
+                tracing::warn!(target: TARGET, key = short(&store_key), "key reused with a different input");
+                return Err(OnceError::KeyReused);
+            }
+            Decision::Decided(Claim::Existing(Record::InFlight {
+                lease_remaining, ..
+            })) => {
+                return Err(OnceError::InFlight {
+                    retry_after: lease_remaining,
+                });
+            }
+            Decision::Decided(Claim::Existing(Record::Completed { response, .. })) => {
+                let value = serde_json::from_slice(response.body()).map_err(OnceError::Codec)?;
+                return Ok(Outcome::Replayed(value));
+            }
+            Decision::Failed(err) => return Err(OnceError::Store(err)),
+            Decision::Late(pending) => {
+                let wait = idempotency.store_timeout();
+                release_late(idempotency, &store_key, self.lease, pending, wait).await;
+                return Err(OnceError::Store(StoreError::new(
+                    "the store did not answer in time",
+                )));
+            }
+        };
+        let execution = Execution {
+            idempotency: idempotency.clone(),
+            key: store_key,
+            token,
+            lease: self.lease,
+            ttl: self.ttl,
+            policy: StatusPolicy::DEFAULT,
+        };
+        let value = match execution.guard(work()).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(err)) => {
+                execution.release().await;
+                return Err(OnceError::Failed(err));
+            }
+            Err(panic) => {
+                execution.release().await;
+                std::panic::resume_unwind(panic);
+            }
+        };
+        // A result that cannot be serialised is still the result of work that ran: keep a
+        // record anyway, so that the key is never run again (its replays report the codec
+        // error), and hand the value to this caller.
+        let body = serde_json::to_vec(&value).unwrap_or_else(|err| {
+            tracing::error!(target: TARGET, key = short(&execution.key), error = %err, "the result cannot be serialised; retries will get a codec error");
+            Vec::new()
+        });
+        let stored = StoredResponse::new(StatusCode::OK, HeaderMap::new(), body.into());
+        execution.complete(&stored).await;
+        Ok(Outcome::Ran(value))
+    }
+}

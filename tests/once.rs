@@ -1,0 +1,182 @@
+//! Work run at most once per key outside HTTP: what a queue consumer relies on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idempotent_runtime::once::{OnceError, Outcome};
+use idempotent_runtime::{Idempotency, MemoryStore};
+
+#[path = "support/broken.rs"]
+mod broken;
+use broken::Broken;
+
+#[derive(serde::Serialize)]
+struct Event {
+    order: u64,
+    cents: u64,
+}
+
+const EVENT: Event = Event {
+    order: 42,
+    cents: 1000,
+};
+
+/// Work that counts its runs and answers with the count.
+async fn counted(runs: &AtomicUsize) -> Result<usize, std::io::Error> {
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test]
+async fn a_redelivery_gets_the_stored_result() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let refunds = idempotency.once("refunds");
+    let runs = AtomicUsize::new(0);
+    let first = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(first.ok(), Some(Outcome::Ran(1)));
+    for _ in 0..3 {
+        let again = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+        assert_eq!(again.ok(), Some(Outcome::Replayed(1)));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Keys of another operation never meet these.
+    let emails = idempotency.once("emails");
+    let other = emails.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(other.ok(), Some(Outcome::Ran(2)));
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_input_is_refused() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let refunds = idempotency.once("refunds");
+    let runs = AtomicUsize::new(0);
+    refunds
+        .run("evt_1", &EVENT, || counted(&runs))
+        .await
+        .expect("first run");
+    let other = Event {
+        order: 42,
+        cents: 1,
+    };
+    let reused = refunds.run("evt_1", &other, || counted(&runs)).await;
+    assert!(matches!(reused, Err(OnceError::KeyReused)), "{reused:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn failed_work_releases_its_key() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let refunds = idempotency.once("refunds");
+    let failed = refunds
+        .run("evt_1", &EVENT, || async {
+            Err::<u32, _>(std::io::Error::other("gateway down"))
+        })
+        .await;
+    assert!(matches!(failed, Err(OnceError::Failed(_))), "{failed:?}");
+    let runs = AtomicUsize::new(0);
+    let retried = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(
+        retried.ok(),
+        Some(Outcome::Ran(1)),
+        "the redelivery runs again"
+    );
+}
+
+#[tokio::test]
+async fn panicking_work_releases_its_key_and_the_panic_goes_on() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let panicked = tokio::spawn({
+        let idempotency = idempotency.clone();
+        async move {
+            idempotency
+                .once("refunds")
+                .run("evt_1", &EVENT, || async {
+                    if EVENT.cents > 0 {
+                        panic!("bug in the refund code");
+                    }
+                    Ok::<u32, std::io::Error>(0)
+                })
+                .await
+        }
+    })
+    .await;
+    assert!(panicked.is_err_and(|err| err.is_panic()));
+    let runs = AtomicUsize::new(0);
+    let retried = idempotency
+        .once("refunds")
+        .run("evt_1", &EVENT, || counted(&runs))
+        .await;
+    assert_eq!(retried.ok(), Some(Outcome::Ran(1)));
+}
+
+#[tokio::test]
+async fn an_unreachable_store_runs_nothing() {
+    let idempotency =
+        Idempotency::new(Broken::Hanging).with_store_timeout(Duration::from_millis(30));
+    let runs = AtomicUsize::new(0);
+    let result = idempotency
+        .once("refunds")
+        .run("evt_1", &EVENT, || counted(&runs))
+        .await;
+    assert!(matches!(result, Err(OnceError::Store(_))), "{result:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// Many consumers receive the same event at once, and keep redelivering it while the
+/// work (slower than its lease) runs: it runs once.
+async fn concurrent_deliveries_run_the_work_once(consumers: Vec<Idempotency>, operation: &str) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, idempotency) in consumers.into_iter().cycle().take(40).enumerate() {
+        let (runs, operation) = (Arc::clone(&runs), operation.to_owned());
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10 * (i as u64 % 8))).await;
+            idempotency
+                .once(operation)
+                .with_lease(Duration::from_millis(150))
+                .run("evt_1", &EVENT, || async {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok::<_, std::io::Error>(n)
+                })
+                .await
+        });
+    }
+    let (mut ran, mut in_flight) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("no panic") {
+            Ok(Outcome::Ran(1)) => ran += 1,
+            Ok(Outcome::Replayed(1)) => {}
+            Err(OnceError::InFlight { .. }) => in_flight += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ran, 1);
+    assert!(in_flight > 0, "deliveries during the work saw it in flight");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_in_one_process() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    concurrent_deliveries_run_the_work_once(vec![idempotency], "refunds").await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_across_consumers_sharing_redis() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut consumers = Vec::new();
+    for _ in 0..3 {
+        let store = idempotent_runtime::RedisStore::connect(url.as_str())
+            .await
+            .expect("Redis on REDIS_URL");
+        consumers.push(Idempotency::new(store));
+    }
+    let operation = format!(
+        "refunds-{:016x}",
+        idempotent_runtime::FencingToken::random().0
+    );
+    concurrent_deliveries_run_the_work_once(consumers, &operation).await;
+}
