@@ -1,0 +1,173 @@
+//! The client side: one key per operation, kept across every retry of it.
+//!
+//! A key protects nothing if a retry sends a new one. With [`reqwest_middleware`], attach
+//! [`IdempotencyKeys`] to the client: each `POST`, `PUT`, `PATCH` or `DELETE` it builds is
+//! given a fresh key once, when the request is built, and every attempt of it (the retry
+//! middleware's included, wherever it sits in the chain) carries that same key. A
+//! request that already has an `Idempotency-Key` header keeps it; to choose the key
+//! yourself, for example one made with [`key::derive`](crate::key::derive), attach an
+//! [`IdempotencyKey`] extension. [`RetryInFlight`] makes `reqwest-retry` wait out a `409`
+//! that says the first attempt is still running, instead of giving up.
+//!
+//! ```no_run
+//! use idempotent_runtime::client::{IdempotencyKey, IdempotencyKeys, RetryInFlight};
+//! use idempotent_runtime::client::reqwest_middleware::ClientBuilder;
+//! use idempotent_runtime::client::reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let retry = RetryTransientMiddleware::new_with_policy_and_strategy(
+//!     ExponentialBackoff::builder().build_with_max_retries(5),
+//!     RetryInFlight,
+//! );
+//! let client = IdempotencyKeys::attach(ClientBuilder::new(reqwest::Client::new()))
+//!     .with(retry)
+//!     .build();
+//!
+//! // A fresh key, the same on every attempt:
+//! client.post("https://api.example.com/orders").body("{}").send().await?;
+//!
+//! // A key of your choosing:
+//! let key = idempotent_runtime::key::derive("order-42", "refund", [("cents", "1000")]);
+//! client
+//!     .post("https://api.example.com/refunds")
+//!     .with_extension(IdempotencyKey::new(key))
+//!     .send()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use http::{Extensions, HeaderValue, Method, StatusCode};
+use reqwest_middleware::{ClientBuilder, Middleware, Next, RequestBuilder, RequestInitialiser};
+use reqwest_retry::{DefaultRetryableStrategy, Retryable, RetryableStrategy};
+
+pub use {reqwest_middleware, reqwest_retry};
+
+use crate::FencingToken;
+use crate::key::DEFAULT_HEADER;
+
+/// The key every attempt of one request carries.
+///
+/// ```
+/// use idempotent_runtime::client::IdempotencyKey;
+///
+/// let key = IdempotencyKey::new("order-42-refund");
+/// assert_eq!(key.as_str(), "order-42-refund");
+/// assert_eq!(IdempotencyKey::random().as_str().len(), 32);
+/// assert_ne!(IdempotencyKey::random(), IdempotencyKey::random());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// A key of your choosing.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// 128 random bits as 32 hex characters.
+    pub fn random() -> Self {
+        Self(format!(
+            "{:016x}{:016x}",
+            FencingToken::random().0,
+            FencingToken::random().0
+        ))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Gives each unsafe request one `Idempotency-Key` for all its attempts: both a
+/// [`RequestInitialiser`] (which picks the key once per request) and a [`Middleware`]
+/// (which puts it on every attempt). [`attach`](Self::attach) installs both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdempotencyKeys;
+
+impl IdempotencyKeys {
+    /// Installs the initialiser and the middleware on `builder`.
+    pub fn attach(builder: ClientBuilder) -> ClientBuilder {
+        builder.with_init(Self).with(Self)
+    }
+}
+
+impl RequestInitialiser for IdempotencyKeys {
+    fn init(&self, request: RequestBuilder) -> RequestBuilder {
+        // Picked here, once per request, and kept in its extensions, which every retry
+        // attempt shares. A later `with_extension(IdempotencyKey::new(..))` replaces it.
+        request.with_extension(IdempotencyKey::random())
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for IdempotencyKeys {
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let unsafe_method = matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        if unsafe_method && !request.headers().contains_key(DEFAULT_HEADER) {
+            let key = extensions
+                .get::<IdempotencyKey>()
+                .cloned()
+                .unwrap_or_else(|| {
+                    // Built without the initialiser: remember the key for later attempts.
+                    let key = IdempotencyKey::random();
+                    extensions.insert(key.clone());
+                    key
+                });
+            match HeaderValue::from_str(key.as_str()) {
+                Ok(value) => {
+                    request.headers_mut().insert(DEFAULT_HEADER, value);
+                }
+                Err(_) => {
+                    return Err(reqwest_middleware::Error::middleware(InvalidKey(key)));
+                }
+            }
+        }
+        next.run(request, extensions).await
+    }
+}
+
+/// An [`IdempotencyKey`] that cannot be a header value.
+#[derive(Debug)]
+struct InvalidKey(IdempotencyKey);
+
+impl std::fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the idempotency key {:?} is not a valid header value",
+            self.0.as_str()
+        )
+    }
+}
+
+impl std::error::Error for InvalidKey {}
+
+/// `reqwest-retry`'s default strategy, plus: a `409` with `Retry-After` (the first
+/// attempt is still running) is retried, so the client ends up with its response.
+/// A `422` (the key was used for another request) is never retried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryInFlight;
+
+impl RetryableStrategy for RetryInFlight {
+    fn handle(
+        &self,
+        result: &Result<reqwest::Response, reqwest_middleware::Error>,
+    ) -> Option<Retryable> {
+        if let Ok(response) = result
+            && response.status() == StatusCode::CONFLICT
+            && response.headers().contains_key(http::header::RETRY_AFTER)
+        {
+            return Some(Retryable::Transient);
+        }
+        DefaultRetryableStrategy.handle(result)
+    }
+}
