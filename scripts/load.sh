@@ -6,6 +6,7 @@
 #
 # Settings (environment):
 #   DURATION=10s     wrk run time per measurement
+#   ROUNDS=3         rounds over all stores; each number is the median of its rounds
 #   CONNECTIONS=32   wrk connections
 #   THREADS=1        wrk threads
 #   WORKERS=1        bench_server tokio worker threads
@@ -22,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-1}
@@ -112,49 +114,64 @@ measure() {
     grep '^RESULT ' "$out" | sed 's/^RESULT //' || { cat "$out" >&2; exit 1; }
 }
 
+# Rounds go over every store in turn, so that a busy moment of the machine weighs on
+# all of them alike rather than on whichever store was being measured.
 declare -A result
+candidates=(none)
+for store in $STORES; do
+    case " ${candidates[*]} " in *" $store "*) ;; *) candidates+=("$store") ;; esac
+done
 measured=()
 run_id="$(date +%s)-$$"
 
-for store in none $STORES; do
-    case " ${measured[*]:-} " in *" $store "*) continue ;; esac
-    for workload in first replay; do
-        if ! start_server "$store"; then
-            if [ "$store" = none ] || [ "$store" = memory ]; then
-                log "bench_server failed to start with STORE=$store: $skip_reason"
-                exit 1
+for round in $(seq 1 "$ROUNDS"); do
+    for store in "${candidates[@]}"; do
+        if [ "$round" -gt 1 ]; then
+            case " ${measured[*]} " in *" $store "*) ;; *) continue ;; esac
+        fi
+        for workload in first replay; do
+            if ! start_server "$store"; then
+                if [ "$store" = none ] || [ "$store" = memory ]; then
+                    log "bench_server failed to start with STORE=$store: $skip_reason"
+                    exit 1
+                fi
+                log "skipping STORE=$store: $skip_reason"
+                continue 2
             fi
-            log "skipping STORE=$store: $skip_reason"
-            continue 2
-        fi
-        id="$run_id-$store"
-        log "STORE=$store, $workload: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
-        if [ "$workload" = first ]; then
-            fields=$(measure first.lua "$id")
-        else
-            for k in $(seq 0 $((KEYS - 1))); do
-                curl -sf -o /dev/null -X POST "$BASE/orders" -H 'Content-Type: application/json' \
-                    -H "Idempotency-Key: $id-replay-$k" -d '{"item":"widget","qty":1}' \
-                    || { log "priming key $k failed"; exit 1; }
-            done
-            fields=$(measure replay.lua "$id" "$KEYS")
-        fi
-        result[$store,$workload]="$fields runs=$(runs)"
-        stop_server
+            id="$run_id-$round-$store"
+            log "round $round/$ROUNDS, STORE=$store, $workload: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+            if [ "$workload" = first ]; then
+                fields=$(measure first.lua "$id")
+            else
+                for k in $(seq 0 $((KEYS - 1))); do
+                    curl -sf -o /dev/null -X POST "$BASE/orders" -H 'Content-Type: application/json' \
+                        -H "Idempotency-Key: $id-replay-$k" -d '{"item":"widget","qty":1}' \
+                        || { log "priming key $k failed"; exit 1; }
+                done
+                fields=$(measure replay.lua "$id" "$KEYS")
+            fi
+            result[$store,$workload]="${result[$store,$workload]:-}|$fields runs=$(runs)"
+            stop_server
+        done
+        [ "$round" -gt 1 ] || measured+=("$store")
     done
-    measured+=("$store")
 done
 
-# field NAME FIELDS: the value of NAME=... in FIELDS.
-field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+# field NAME ROUNDS: the median over the rounds ("|"-separated) of the value of NAME=...
+field() {
+    tr '| ' '\n\n' <<<"$2" | sed -n "s/^$1=//p" | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# total NAME ROUNDS: the sum over the rounds.
+total() { tr '| ' '\n\n' <<<"$2" | sed -n "s/^$1=//p" | awk '{ s += $1 } END { print s + 0 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback; bench_server WORKERS=$WORKERS;" \
-    "$(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}."
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback, median of $ROUNDS rounds;" \
+    "bench_server WORKERS=$WORKERS; $(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}."
 echo "Ratios are to STORE=none (the same handler without the attribute) in this run:" \
-    "above 1× is more throughput, or more latency."
+    "above 1× is more throughput, or more latency. Errors and handler runs are totals over the rounds."
 echo
 echo "| store | workload | req/s | × none | p50 ms | × none | p99 ms | × none | HTTP errors | handler runs |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -163,12 +180,12 @@ for store in "${measured[@]}"; do
         r=${result[$store,$workload]}
         base=${result[none,$workload]}
         rps=$(field rps "$r") p50=$(field p50_us "$r") p99=$(field p99_us "$r")
-        errors=$(( $(field http_errors "$r") + $(field socket_errors "$r") ))
+        errors=$(( $(total http_errors "$r") + $(total socket_errors "$r") ))
         label=$([ "$workload" = first ] && echo "first execution" || echo "replay")
         printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' \
             "$store" "$label" "$rps" "$(ratio "$rps" "$(field rps "$base")")" \
             "$(ms "$p50")" "$(ratio "$p50" "$(field p50_us "$base")")" \
             "$(ms "$p99")" "$(ratio "$p99" "$(field p99_us "$base")")" \
-            "$errors" "$(field runs "$r")"
+            "$errors" "$(total runs "$r")"
     done
 done
