@@ -124,8 +124,9 @@ where
         .route("/health", get(health))
 }
 
-/// The app for `idempotency`, or the bare handler for `None`.
-fn router(idempotency: Option<Idempotency>) -> Router {
+/// The app for `idempotency`, or the bare handler for `None`. Visible to the crate
+/// root so that `tests/bench_server.rs`, which includes this file, can drive it.
+pub(crate) fn router(idempotency: Option<Idempotency>) -> Router {
     let runs = Runs::default();
     match idempotency {
         None => routes(post(create)).with_state(runs),
