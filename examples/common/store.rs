@@ -1,0 +1,106 @@
+//! The idempotency store named by a URL: the one place where the examples choose
+//! between the memory, Redis and Postgres stores.
+//!
+//! - `memory`: the embedded [`MemoryStore`], one process;
+//! - `redis://...` (or `rediss://...`): the Redis store, cargo feature `redis`;
+//! - `postgres://...` (or `postgresql://...`): the Postgres store, cargo feature `postgres`.
+//!
+//! A URL the build cannot serve is an error that names the feature to enable: falling
+//! back to the memory store would silently lose the guarantee across replicas.
+
+use std::fmt;
+
+use idempotent_runtime::{Idempotency, MemoryStore};
+
+/// A store this build can open.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis(String),
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Reads `url`; an unknown scheme, or one whose store this build lacks, is an error.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+        match scheme {
+            "memory" => Ok(Self::Memory),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Ok(Self::Redis(url.to_owned())),
+            #[cfg(not(feature = "redis"))]
+            "redis" | "rediss" => Err(not_built(url, "Redis", "redis")),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Self::Postgres(url.to_owned())),
+            #[cfg(not(feature = "postgres"))]
+            "postgres" | "postgresql" => Err(not_built(url, "Postgres", "postgres")),
+            _ => Err(format!(
+                "unknown store `{}`: expected `memory`, `redis://HOST:PORT` or `postgres://USER@HOST:PORT/DB`",
+                redact(url)
+            )),
+        }
+    }
+
+    /// Connects to the store (creating its tables where it has some) and wraps it in an
+    /// [`Idempotency`] with the default settings.
+    pub async fn open(&self) -> Result<Idempotency, String> {
+        match self {
+            Self::Memory => Ok(Idempotency::new(MemoryStore::new())),
+            // `RedisStore::connect(url).await.map(Idempotency::new)`, the error mapped to
+            // `format!("cannot connect to Redis at {self}: {err}")`.
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => Err(format!(
+                "cannot open `{self}`: the Redis store is not available in this version of the examples"
+            )),
+            // `PgPool::connect(url)`, then `PostgresStore::new(pool)` and
+            // `store.migrate().await` before `Idempotency::new(store)`.
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Err(format!(
+                "cannot open `{self}`: the Postgres store is not available in this version of the examples"
+            )),
+        }
+    }
+}
+
+/// The URL with its password hidden, for messages and logs.
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            #[cfg(feature = "redis")]
+            Self::Redis(url) => f.write_str(&redact(url)),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+#[cfg(not(all(feature = "redis", feature = "postgres")))]
+fn not_built(url: &str, store: &str, feature: &str) -> String {
+    format!(
+        "cannot use `{}`: this build has no {store} store; run with `--features {feature}`",
+        redact(url)
+    )
+}
+
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Load test of the `bench_server` example with wrk: first executions (a new key per
+# request) and replays (a fixed set of keys, each used once before the run) for every
+# store the build supports, each number shown as a ratio to the same handler without
+# the attribute (STORE=none) measured in the same run. Prints a Markdown table.
+#
+# Settings (environment):
+#   DURATION=10s     wrk run time per measurement
+#   ROUNDS=3         rounds over all stores; each number is the median of its rounds
+#   CONNECTIONS=32   wrk connections
+#   THREADS=1        wrk threads
+#   WORKERS=1        bench_server tokio worker threads
+#   KEYS=64          size of the replay key set
+#   STORES="none memory redis postgres"   stores to measure (none is always measured)
+#   FEATURES=redis,postgres               cargo features bench_server is built with
+#   PORT=18080       where bench_server listens, on 127.0.0.1
+#   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+
+#   REDIS_URL, DATABASE_URL   passed on to bench_server
+#
+# A store the build or the machine cannot serve is skipped with the server's reason.
+# Every server started here is stopped on exit, error or interrupt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+WORKERS=${WORKERS:-1}
+KEYS=${KEYS:-64}
+STORES=${STORES:-none memory redis postgres}
+FEATURES=${FEATURES-redis,postgres}
+PORT=${PORT:-18080}
+PIN=${PIN:-1}
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+BASE="http://127.0.0.1:$PORT"
+SERVER=target/release/examples/bench_server
+LOGDIR=$(mktemp -d)
+
+log() { printf 'load: %s\n' "$*" >&2; }
+
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+cleanup() {
+    stop_server
+    rm -rf "$LOGDIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Tools.
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || { log "must run as root to install ${missing[*]}"; exit 1; }
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+server_cpu=() wrk_cpu=()
+if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    server_cpu=(taskset -c 0) wrk_cpu=(taskset -c 1)
+fi
+
+# Stores that need a server: make sure it runs (best effort; the store is skipped otherwise).
+case " $STORES " in
+    *" redis "* | *" postgres "*)
+        scripts/services.sh || log "services.sh failed; the Redis and Postgres runs may be skipped" ;;
+esac
+
+log "building bench_server (release${FEATURES:+, features $FEATURES})"
+cargo build --release --quiet --example bench_server ${FEATURES:+--features "$FEATURES"}
+
+# Starts bench_server for STORE=$1; returns 1 (with the reason in $skip_reason) if it
+# exits before answering /health.
+start_server() {
+    local store=$1 out="$LOGDIR/server-$1.log"
+    STORE=$store BIND="127.0.0.1:$PORT" WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} \
+        "${server_cpu[@]}" "$SERVER" >"$out" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 200); do
+        if curl -sf "$BASE/health" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            wait "$server_pid" 2>/dev/null || true
+            server_pid=""
+            skip_reason=$(grep -m1 -i error "$out" || tail -n1 "$out")
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "bench_server (STORE=$store) did not answer /health in 20 s"
+    cat "$out" >&2
+    exit 1
+}
+
+runs() { curl -sf "$BASE/stats" | sed -E 's/.*"runs":([0-9]+).*/\1/'; }
+
+# Runs wrk with script $1 (and its arguments); prints the RESULT line's fields.
+measure() {
+    local script=$1; shift
+    local out="$LOGDIR/wrk.out"
+    "${wrk_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+        -s "scripts/load/$script" "$BASE" -- "$@" >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+    grep '^RESULT ' "$out" | sed 's/^RESULT //' || { cat "$out" >&2; exit 1; }
+}
+
+# Rounds go over every store in turn, so that a busy moment of the machine weighs on
+# all of them alike rather than on whichever store was being measured.
+declare -A result
+candidates=(none)
+for store in $STORES; do
+    case " ${candidates[*]} " in *" $store "*) ;; *) candidates+=("$store") ;; esac
+done
+measured=()
+run_id="$(date +%s)-$$"
+
+for round in $(seq 1 "$ROUNDS"); do
+    for store in "${candidates[@]}"; do
+        if [ "$round" -gt 1 ]; then
+            case " ${measured[*]} " in *" $store "*) ;; *) continue ;; esac
+        fi
+        for workload in first replay; do
+            if ! start_server "$store"; then
+                if [ "$store" = none ] || [ "$store" = memory ]; then
+                    log "bench_server failed to start with STORE=$store: $skip_reason"
+                    exit 1
+                fi
+                log "skipping STORE=$store: $skip_reason"
+                continue 2
+            fi
+            id="$run_id-$round-$store"
+            log "round $round/$ROUNDS, STORE=$store, $workload: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+            if [ "$workload" = first ]; then
+                fields=$(measure first.lua "$id")
+            else
+                for k in $(seq 0 $((KEYS - 1))); do
+                    curl -sf -o /dev/null -X POST "$BASE/orders" -H 'Content-Type: application/json' \
+                        -H "Idempotency-Key: $id-replay-$k" -d '{"item":"widget","qty":1}' \
+                        || { log "priming key $k failed"; exit 1; }
+                done
+                fields=$(measure replay.lua "$id" "$KEYS")
+            fi
+            result[$store,$workload]="${result[$store,$workload]:-}|$fields runs=$(runs)"
+            stop_server
+        done
+        [ "$round" -gt 1 ] || measured+=("$store")
+    done
+done
+
+# field NAME ROUNDS: the median over the rounds ("|"-separated) of the value of NAME=...
+field() {
+    tr '| ' '\n\n' <<<"$2" | sed -n "s/^$1=//p" | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# total NAME ROUNDS: the sum over the rounds.
+total() { tr '| ' '\n\n' <<<"$2" | sed -n "s/^$1=//p" | awk '{ s += $1 } END { print s + 0 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
+
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback, median of $ROUNDS rounds;" \
+    "bench_server WORKERS=$WORKERS; $(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}."
+echo "Ratios are to STORE=none (the same handler without the attribute) in this run:" \
+    "above 1× is more throughput, or more latency. Errors and handler runs are totals over the rounds."
+echo
+echo "| store | workload | req/s | × none | p50 ms | × none | p99 ms | × none | HTTP errors | handler runs |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for store in "${measured[@]}"; do
+    for workload in first replay; do
+        r=${result[$store,$workload]}
+        base=${result[none,$workload]}
+        rps=$(field rps "$r") p50=$(field p50_us "$r") p99=$(field p99_us "$r")
+        errors=$(( $(total http_errors "$r") + $(total socket_errors "$r") ))
+        label=$([ "$workload" = first ] && echo "first execution" || echo "replay")
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$store" "$label" "$rps" "$(ratio "$rps" "$(field rps "$base")")" \
+            "$(ms "$p50")" "$(ratio "$p50" "$(field p50_us "$base")")" \
+            "$(ms "$p99")" "$(ratio "$p99" "$(field p99_us "$base")")" \
+            "$errors" "$(total runs "$r")"
+    done
+done

@@ -1,0 +1,34 @@
+-- Shared by the load scripts: the request, and a summary line that scripts/load.sh reads.
+--
+-- Arguments after `--`: a run id that makes this run's keys unique (stores such as
+-- Redis and Postgres keep keys across runs), then script-specific ones.
+
+body = '{"item":"widget","qty":1}'
+
+local threads = 0
+
+-- Runs once per thread, in the main Lua state: give each thread its own id.
+function setup(thread)
+   thread:set("thread_id", threads)
+   threads = threads + 1
+end
+
+function post(key)
+   return wrk.format("POST", "/orders", {
+      ["Content-Type"] = "application/json",
+      ["Idempotency-Key"] = key,
+   }, body)
+end
+
+function done(summary, latency, requests)
+   local seconds = summary.duration / 1e6
+   local e = summary.errors
+   io.write(string.format(
+      "RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d http_errors=%d socket_errors=%d\n",
+      summary.requests / seconds,
+      latency:percentile(50),
+      latency:percentile(99),
+      summary.requests,
+      e.status,
+      e.connect + e.read + e.write + e.timeout))
+end
