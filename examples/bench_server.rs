@@ -231,10 +231,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    let idempotency = match &config.store {
+    let opened = match &config.store {
         None => None,
-        Some(store) => Some(store.open().await?),
+        Some(store) => Some(store.open("idempotent_bench").await?),
     };
+    let idempotency = opened.as_ref().map(|opened| opened.idempotency.clone());
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.bind))?;

@@ -408,12 +408,8 @@ async fn the_default_store_serves_the_app() {
     let cli::Command::Run(options) = parse(&[]).unwrap() else {
         panic!("no arguments is a run");
     };
-    let idempotency = options
-        .store
-        .open()
-        .await
-        .unwrap()
-        .with_lease(options.lease);
+    let opened = options.store.open("unused").await.unwrap();
+    let idempotency = opened.idempotency.clone().with_lease(options.lease);
     assert_eq!(idempotency.lease(), Duration::from_secs(60));
     let orders = Orders::new(options.work);
     let router = app::router(orders.clone(), idempotency);

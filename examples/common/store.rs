@@ -43,23 +43,62 @@ impl StoreUrl {
         }
     }
 
-    /// Connects to the store (creating its tables where it has some) and wraps it in an
-    /// [`Idempotency`] with the default settings.
-    pub async fn open(&self) -> Result<Idempotency, String> {
+    /// Connects to the store and wraps it in an [`Idempotency`] with the default
+    /// settings. Postgres records live in `schema` (created on demand), and a cleanup
+    /// task removes the expired ones while the returned [`Opened`] lives.
+    pub async fn open(&self, schema: &str) -> Result<Opened, String> {
+        let _ = schema;
         match self {
-            Self::Memory => Ok(Idempotency::new(MemoryStore::new())),
-            // `RedisStore::connect(url).await.map(Idempotency::new)`, the error mapped to
-            // `format!("cannot connect to Redis at {self}: {err}")`.
+            Self::Memory => Ok(Opened::new(Idempotency::new(MemoryStore::new()))),
             #[cfg(feature = "redis")]
-            Self::Redis(_) => Err(format!(
-                "cannot open `{self}`: the Redis store is not available in this version of the examples"
-            )),
-            // `PgPool::connect(url)`, then `PostgresStore::new(pool)` and
-            // `store.migrate().await` before `Idempotency::new(store)`.
+            Self::Redis(url) => {
+                let store = idempotent_runtime::RedisStore::connect(url.as_str())
+                    .await
+                    .map_err(|err| format!("cannot connect to Redis at {self}: {err}"))?;
+                Ok(Opened::new(Idempotency::new(store)))
+            }
             #[cfg(feature = "postgres")]
-            Self::Postgres(_) => Err(format!(
-                "cannot open `{self}`: the Postgres store is not available in this version of the examples"
-            )),
+            Self::Postgres(url) => {
+                use idempotent_runtime::PostgresStore;
+                use idempotent_runtime::sqlx::postgres::PgPoolOptions;
+
+                let pool = PgPoolOptions::new()
+                    // Past this a request gets 503 instead of waiting for a connection.
+                    .acquire_timeout(std::time::Duration::from_secs(2))
+                    .connect(url)
+                    .await
+                    .map_err(|err| format!("cannot connect to Postgres at {self}: {err}"))?;
+                let store = PostgresStore::new(pool)
+                    .with_schema(schema)
+                    .map_err(|err| format!("invalid schema `{schema}`: {err}"))?;
+                store
+                    .migrate()
+                    .await
+                    .map_err(|err| format!("cannot create the tables in {self}: {err}"))?;
+                let cleanup = store
+                    .spawn_cleanup(std::time::Duration::from_secs(60), 1000)
+                    .map_err(|err| err.to_string())?;
+                let mut opened = Opened::new(Idempotency::new(store));
+                opened.cleanup = Some(cleanup);
+                Ok(opened)
+            }
+        }
+    }
+}
+
+/// An open store, and what must live as long as it.
+pub struct Opened {
+    pub idempotency: Idempotency,
+    #[cfg(feature = "postgres")]
+    cleanup: Option<idempotent_runtime::store::postgres::CleanupTask>,
+}
+
+impl Opened {
+    fn new(idempotency: Idempotency) -> Self {
+        Self {
+            idempotency,
+            #[cfg(feature = "postgres")]
+            cleanup: None,
         }
     }
 }

@@ -54,7 +54,9 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(options: cli::Options) -> Result<(), String> {
-    let idempotency = options.store.open().await?.with_lease(options.lease);
+    // Every process given the same store serves the same keys.
+    let store = options.store.open("idempotent_orders").await?;
+    let idempotency = store.idempotency.clone().with_lease(options.lease);
     let orders = app::Orders::new(options.work);
     let router = app::router(orders.clone(), idempotency);
 

@@ -407,7 +407,7 @@ async fn claim<'a>(
             lease_remaining, ..
         }) => {
             let seconds = lease_remaining.as_secs_f64().ceil().max(1.0) as u64;
-            tracing::info!(target: TARGET, key = short(key), retry_after = seconds, "conflict: request in flight");
+            tracing::debug!(target: TARGET, key = short(key), retry_after = seconds, "conflict: request in flight");
             Problem::new(
                 ProblemKind::InFlight,
                 format!("a request with this idempotency key is being processed; retry in {seconds} s to get its response"),
