@@ -16,6 +16,8 @@ use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use support::broken::Broken;
 use tower::ServiceExt;
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber, span};
 
 #[derive(Clone, FromRef)]
 struct AppState {
@@ -548,8 +550,36 @@ impl std::io::Write for Captured {
     }
 }
 
+/// A global subscriber that records nothing but keeps every callsite asking the current
+/// subscriber whether it is enabled.
+///
+/// `tracing` caches a callsite's interest for the whole process when it is first reached.
+/// Another test reaching a callsite first, on a thread without a subscriber, would cache
+/// `Interest::never` there, and the thread-local subscriber of the log test would never
+/// see that event. With this one registered, no callsite is ever cached as `never`.
+struct AskEveryTime;
+
+impl Subscriber for AskEveryTime {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_outcome_is_logged_without_the_raw_key() {
+    tracing::subscriber::set_global_default(AskEveryTime)
+        .expect("no other test sets a global subscriber");
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -560,6 +590,9 @@ async fn every_outcome_is_logged_without_the_raw_key() {
         })
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites other tests reached before `AskEveryTime` was registered may be cached as
+    // `never`: ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let key = "secret-key-4711";
     let (app, _) = app();
