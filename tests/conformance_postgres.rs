@@ -6,14 +6,14 @@
 //! `postgres://postgres@127.0.0.1:5432/test`.
 #![cfg(feature = "postgres")]
 
-mod pg_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use idempotent_runtime::testkit::{concurrent_claims_have_one_winner, run_all, sample_response};
 use idempotent_runtime::{Claim, Fingerprint, PostgresStore, Record, Store};
-use pg_support::{TestSchema, fresh_store, pool, row_count};
+use support::postgres::{TestSchema, fresh_store, pool, row_count};
 
 const LONG: Duration = Duration::from_secs(3600);
 /// Expired as soon as it is written; the tests still wait past it.

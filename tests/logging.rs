@@ -13,9 +13,8 @@ use axum::routing::post;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use tower::ServiceExt;
 
-#[path = "support/broken.rs"]
-mod broken;
-use broken::Broken;
+mod support;
+use support::broken::Broken;
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]

@@ -7,9 +7,8 @@ use std::time::Duration;
 use idempotent_runtime::once::{OnceError, Outcome};
 use idempotent_runtime::{Idempotency, MemoryStore};
 
-#[path = "support/broken.rs"]
-mod broken;
-use broken::Broken;
+mod support;
+use support::broken::Broken;
 
 #[derive(serde::Serialize)]
 struct Event {

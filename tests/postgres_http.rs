@@ -2,7 +2,7 @@
 //! replay and mismatch, and the database going away and coming back.
 #![cfg(feature = "postgres")]
 
-mod pg_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +16,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, PostgresStore, idempotent};
-use pg_support::{Forwarder, TestSchema, fresh_store};
 use sqlx::postgres::PgPoolOptions;
+use support::postgres::{Forwarder, TestSchema, fresh_store};
 use tower::ServiceExt;
 
 #[derive(Clone, FromRef)]

@@ -1,5 +1,7 @@
 //! The per-request protocol, through a real `Router`: every outcome a client can see.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,14 +14,9 @@ use axum::routing::{any, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+use support::broken::Broken;
+use support::flaky::{Fault, Flaky};
 use tower::ServiceExt;
-
-#[path = "support/broken.rs"]
-mod broken;
-use broken::Broken;
-#[path = "support/flaky.rs"]
-mod flaky;
-use flaky::{Fault, Flaky};
 
 #[derive(Clone, FromRef)]
 struct AppState {

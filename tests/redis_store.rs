@@ -22,6 +22,7 @@ use idempotent_runtime::{
     Claim, Fingerprint, Idempotency, Record, RedisStore, Store, StoredResponse, idempotent, key,
 };
 use serde_json::{Value, json};
+use support::redis_commands::{command_calls, ran, raw_connection};
 use support::redis_server::{RedisServer, shared_url};
 use tokio::sync::Semaphore;
 
@@ -99,41 +100,6 @@ async fn post_json(addr: SocketAddr, path: &str, key: &str, body: Value) -> (u16
         .get("idempotent-replayed")
         .is_some_and(|v| v == "true");
     (response.status().as_u16(), replayed)
-}
-
-async fn raw_connection(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// `INFO commandstats` as command → calls.
-async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The commands the server ran between two snapshots, leaving out the `INFO` calls
-/// that take the snapshots.
-fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter(|(name, _)| name.as_str() != "info")
-        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, calls)| *calls > 0)
-        .collect()
 }
 
 /// What the server ran for `round_trips` script calls whose scripts ran `inner`.

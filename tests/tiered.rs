@@ -1,18 +1,15 @@
 //! The tiered store: the durable store decides, the fast store serves replays, and losing
 //! the fast store loses nothing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
 use std::time::Duration;
 
 use idempotent_runtime::store::TieredStore;
 use idempotent_runtime::testkit::{run_all, sample_response, unique_prefix};
-use idempotent_runtime::{
-    Claim, FencingToken, Fingerprint, MemoryStore, Record, Store, StoreError, StoredResponse,
-};
-
-#[path = "support/broken.rs"]
-mod broken;
-use broken::Broken;
+use idempotent_runtime::{Claim, Fingerprint, MemoryStore, Record, Store};
+use support::broken::Broken;
+use support::counting::{Calls, Counting, Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiered_memory_passes_the_kit() {
@@ -28,53 +25,15 @@ async fn a_failing_or_hanging_fast_store_loses_nothing() {
     }
 }
 
-/// Counts the claims that reach a store.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    claims: AtomicUsize,
-}
-
-impl Store for Counting {
-    async fn claim(
-        &self,
-        key: &str,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim(key, fingerprint, lease).await
-    }
-    async fn renew(
-        &self,
-        key: &str,
-        token: FencingToken,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(key, token, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        token: FencingToken,
-        response: &StoredResponse,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete(key, token, response, ttl).await
-    }
-    async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
-        self.inner.release(key, token).await
-    }
-    async fn lookup(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        self.inner.lookup(key).await
-    }
-}
-
 const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn replays_are_served_from_the_fast_store() {
-    let store = TieredStore::new(Counting::default(), MemoryStore::new());
+    let durable_calls = Calls::default();
+    let store = TieredStore::new(
+        Counting::new(MemoryStore::new(), &durable_calls),
+        MemoryStore::new(),
+    );
     let key = format!("{}:replay", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
     let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
@@ -93,7 +52,7 @@ async fn replays_are_served_from_the_fast_store() {
         ),
         "a completion is copied to the fast store"
     );
-    let claims = store.durable().claims.load(Ordering::SeqCst);
+    let claims = durable_calls.of(Op::Claim);
     for _ in 0..3 {
         match store.claim(&key, fp, LONG).await.expect("claim") {
             Claim::Existing(Record::Completed {
@@ -107,7 +66,7 @@ async fn replays_are_served_from_the_fast_store() {
         }
     }
     assert_eq!(
-        store.durable().claims.load(Ordering::SeqCst),
+        durable_calls.of(Op::Claim),
         claims,
         "replays did not reach the durable store"
     );

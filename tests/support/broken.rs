@@ -1,6 +1,5 @@
 //! A store whose server is gone: every operation fails, or never answers. It stands in
 //! for a dead server in protocol tests; the stores' own outage tests use real servers.
-#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! A memory store whose first call of one operation misbehaves: it fails, or answers only
 //! after a delay. It stands in for a store with a passing fault.
-#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,9 +1,17 @@
-//! What several integration tests share: servers they start themselves, and a set of app
-//! replicas over one store.
+//! What the integration tests share: servers they start themselves, a fresh Postgres
+//! schema per test, a set of app replicas over one store, and stand-in stores that fail
+//! or count their calls.
 
 // Each test file uses a part of this module.
 #![allow(dead_code)]
 
+pub mod broken;
+pub mod counting;
+pub mod flaky;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis_commands;
 pub mod redis_server;
 pub mod replicas;
 

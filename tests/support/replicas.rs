@@ -2,13 +2,14 @@
 //! driven with real HTTP: what a deployment behind a load balancer looks like.
 //!
 //! Generic over the store: each replica gets its own store (its own connection) from a
-//! factory, so the same tests run for every shared store.
+//! factory, so the same checks ([`storm_runs_the_handler_once_per_key`],
+//! [`dead_replicas_request_is_taken_over_after_its_lease`]) run for every shared store.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -318,4 +319,165 @@ impl Drop for KillableReplica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// The end-to-end checks every shared store passes, each over replicas of its own with
+// stores made by the factory it is given.
+
+/// A 409 as the protocol sends it for a key in flight: problem details that say when to
+/// retry.
+pub fn is_conflict(answer: &Answer) -> bool {
+    answer.status == 409
+        && answer.content_type.as_deref() == Some("application/problem+json")
+        && answer.retry_after.is_some()
+}
+
+/// Requests with the same key, spread over four replicas at once: the handler runs once
+/// per key in total; every other answer is a 409 or the replay of that one response, and
+/// afterwards every replica replays it.
+pub async fn storm_runs_the_handler_once_per_key<S, F, Fut>(store: F)
+where
+    S: Store,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let replicas = Replicas::start(4, store, |i| i).await;
+    let client = Client::new();
+    let keys = ["order-a", "order-b", "order-c"];
+    // The handler takes a while, so that the storm hits it in flight, not only replays.
+    let orders: Vec<Order> = (0..120)
+        .map(|i| Order::new(keys[i % keys.len()]).sleeping(300))
+        .collect();
+
+    let answers = replicas.storm(&client, &orders).await;
+
+    assert_eq!(
+        replicas.runs().get(),
+        keys.len(),
+        "one execution per key over all replicas"
+    );
+    for key in keys {
+        let answers: Vec<&Answer> = orders
+            .iter()
+            .zip(&answers)
+            .filter(|(order, _)| order.key == key)
+            .map(|(_, answer)| answer)
+            .collect();
+        let first: Vec<&&Answer> = answers
+            .iter()
+            .filter(|a| a.status == 201 && !a.replayed)
+            .collect();
+        assert_eq!(
+            first.len(),
+            1,
+            "{key}: exactly one request ran, got {first:?}"
+        );
+        let original = &first[0].body;
+        for answer in &answers {
+            let replay = answer.status == 201 && answer.replayed && answer.body == *original;
+            let fresh = answer.status == 201 && !answer.replayed;
+            assert!(
+                fresh || replay || is_conflict(answer),
+                "{key}: every other answer is a replay of {original} or a 409, got {answer:?}"
+            );
+        }
+        for &addr in replicas.addrs() {
+            let answer = client
+                .post(addr, &Order::new(key))
+                .await
+                .unwrap_or_else(|e| panic!("a replica did not answer: {e}"));
+            assert!(answer.status == 201 && answer.replayed, "{answer:?}");
+            assert_eq!(answer.body, *original);
+        }
+    }
+    assert_eq!(replicas.runs().get(), keys.len());
+}
+
+/// A replica dies in the middle of a request, so its lease renewals stop. Another replica
+/// answers 409 while the lease lasts, and runs the request itself once it has lapsed,
+/// never before.
+///
+/// `store` is called once in the test's runtime and once in the dying replica's own.
+pub async fn dead_replicas_request_is_taken_over_after_its_lease<S, F, Fut>(store: F)
+where
+    S: Store,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = S>,
+{
+    const LEASE: Duration = Duration::from_secs(3);
+    let survivor = Replicas::start(1, store.clone(), |i: Idempotency| i.with_lease(LEASE)).await;
+    let survivor_addr = survivor.addrs()[0];
+    // Both count into one tally.
+    let runs = survivor.runs().clone();
+    let mut dying = KillableReplica::start(&runs, store, |i| i.with_lease(LEASE));
+    let client = Client::new();
+    let order = Order::new("order-1");
+    let post = |order: Order| {
+        let client = client.clone();
+        async move {
+            client
+                .post(survivor_addr, &order)
+                .await
+                .unwrap_or_else(|e| panic!("the surviving replica did not answer: {e}"))
+        }
+    };
+
+    // A request that would take a minute; it has begun once the handler ran.
+    let slow = {
+        let (client, order, addr) = (client.clone(), order.clone(), dying.addr());
+        tokio::spawn(async move { client.post(addr, &order.sleeping(60_000)).await })
+    };
+    while runs.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The handler outlives its first lease: the owner's renewals keep the key.
+    tokio::time::sleep(LEASE * 3 / 2).await;
+    let answer = post(order.clone()).await;
+    assert!(
+        is_conflict(&answer),
+        "a live owner keeps the key: {answer:?}"
+    );
+
+    let killed = Instant::now();
+    dying.kill();
+    assert!(
+        matches!(slow.await, Ok(Err(_))),
+        "the dead replica's request gets no answer"
+    );
+
+    let mut conflicts = 0;
+    let taken_over = loop {
+        let answer = post(order.clone()).await;
+        if answer.status == 201 {
+            break answer;
+        }
+        assert!(
+            is_conflict(&answer),
+            "until the lease lapses: 409, got {answer:?}"
+        );
+        conflicts += 1;
+        assert!(
+            killed.elapsed() < LEASE * 10,
+            "the key was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = killed.elapsed();
+    assert!(
+        conflicts > 0,
+        "a 409 must come first, while the lease lasts"
+    );
+    // The last renewal was at most a third of the lease (plus a round trip) before the
+    // kill, so the lease ran at least two thirds of it past the kill.
+    assert!(
+        waited >= LEASE / 2,
+        "taken over {waited:?} after the owner died, before its lease of {LEASE:?} lapsed"
+    );
+    assert!(!taken_over.replayed, "the survivor ran the request itself");
+    assert_eq!(runs.get(), 2, "the dead replica's run and the survivor's");
+    let replay = post(order).await;
+    assert!(
+        replay.replayed && replay.body == taken_over.body,
+        "{replay:?}"
+    );
 }

@@ -1,7 +1,6 @@
-//! What the Postgres tests share: a fresh schema per test on the real server, and a TCP
-//! forwarder on loopback that a test can cut and bring back to take the database away.
-
-#![allow(dead_code)] // Each test file uses part of it.
+//! The real Postgres server in tests: a fresh schema per test, stores with pools of their
+//! own (one per app replica), and a TCP forwarder on loopback that a test can cut and
+//! bring back to take the database away.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -23,9 +22,15 @@ pub fn connect_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&database_url()).expect("DATABASE_URL is a postgres URL")
 }
 
+/// A pool of up to 20 connections to DATABASE_URL.
 pub async fn pool() -> PgPool {
+    pool_of(20).await
+}
+
+/// A pool of up to `max_connections` connections to DATABASE_URL.
+pub async fn pool_of(max_connections: u32) -> PgPool {
     PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(connect_options())
         .await
@@ -82,6 +87,15 @@ pub async fn fresh_store() -> (PostgresStore, TestSchema) {
         .expect("a valid schema name");
     store.migrate().await.expect("migrate");
     (store, schema)
+}
+
+/// A store in `schema` (already migrated) over a small pool of its own, as each replica
+/// of an app has: several of them in one test stay well below the server's connection
+/// limit.
+pub async fn store_in(schema: &str) -> PostgresStore {
+    PostgresStore::new(pool_of(5).await)
+        .with_schema(schema)
+        .expect("a valid schema name")
 }
 
 /// Rows in the store's table, expired or not.

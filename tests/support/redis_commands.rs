@@ -1,0 +1,42 @@
+//! What a Redis server ran, by its own count (`INFO commandstats`): how tests prove the
+//! number of round trips, or which store served a request, without timing anything.
+
+use std::collections::HashMap;
+
+use idempotent_runtime::redis::{self, aio::MultiplexedConnection};
+
+/// A plain connection to the server at `url`, for looking at it beside the store's own.
+pub async fn raw_connection(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("invalid Redis URL {url}: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Redis at {url}: {e}"))
+}
+
+/// `INFO commandstats` as command → calls.
+pub async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The commands the server ran between two snapshots, leaving out the `INFO` calls
+/// that take the snapshots.
+pub fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, calls)| *calls > 0)
+        .collect()
+}
