@@ -156,7 +156,7 @@ pub(crate) fn check_args_against_signature(args: &Args, func: &ItemFn, errors: &
     if let Some(key) = &args.key
         && let KeyArg::Json(pointer) = &key.value
     {
-        let last = arg_types(func).last().and_then(|ty| type_name(ty));
+        let last = arg_types(func).last().and_then(|ty| extractor_name(ty));
         if last.as_deref() != Some("Json") {
             errors.error(
                 key.span,
@@ -190,23 +190,26 @@ fn type_name(ty: &Type) -> Option<String> {
     }
 }
 
-/// The name of a body-consuming extractor, looking through `Option<_>` and `Result<_, _>`.
-fn body_extractor(ty: &Type) -> Option<String> {
+/// The name of an extractor type, looking through `Option<_>` and `Result<_, _>`, which
+/// extract what they wrap (`Json` for `Option<Json<Event>>`).
+fn extractor_name(ty: &Type) -> Option<String> {
     let name = type_name(ty)?;
-    if BODY_EXTRACTORS.contains(&name.as_str()) {
-        return Some(name);
-    }
     if name != "Option" && name != "Result" {
-        return None;
+        return Some(name);
     }
     let Type::Path(path) = ty else { return None };
     let syn::PathArguments::AngleBracketed(generics) = &path.path.segments.last()?.arguments else {
         return None;
     };
     match generics.args.first()? {
-        syn::GenericArgument::Type(inner) => body_extractor(inner),
+        syn::GenericArgument::Type(inner) => extractor_name(inner),
         _ => None,
     }
+}
+
+/// The name of an extractor that consumes the request body.
+fn body_extractor(ty: &Type) -> Option<String> {
+    extractor_name(ty).filter(|name| BODY_EXTRACTORS.contains(&name.as_str()))
 }
 
 /// The span of the first `impl` keyword in a type, if any.

@@ -76,6 +76,11 @@ async fn key_json_escaped(Json(value): Json<serde_json::Value>) -> String {
     value.to_string()
 }
 
+#[idempotent(key = json("/event/id"))]
+async fn key_json_optional(event: Option<Json<Event>>) -> String {
+    event.map(|Json(event)| event.id).unwrap_or_default()
+}
+
 #[idempotent(key = body)]
 async fn key_body(body: String) -> String {
     body
@@ -129,6 +134,7 @@ fn main() {
         .route("/key_query", post(key_query))
         .route("/key_json", post(key_json))
         .route("/key_json_escaped", post(key_json_escaped))
+        .route("/key_json_optional", post(key_json_optional))
         .route("/key_body", post(key_body))
         .route("/required", post(required))
         .route("/scope_header", post(scope_header))
