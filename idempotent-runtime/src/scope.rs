@@ -45,11 +45,12 @@
 //!     .with_state(Idempotency::new(MemoryStore::new()));
 //! ```
 //!
-//! The scope extractor runs for every request the protocol applies to (not for `GET`,
-//! `HEAD`, `OPTIONS` and `TRACE`), before the key is claimed. When it rejects the
-//! request, its rejection is the response: the handler does not run and no key is
-//! claimed. When the handler takes the same extractor as an argument, it runs twice per
-//! request, once for the scope and once for the handler.
+//! The scope extractor runs for every request whose method the protocol applies to
+//! (all but `GET`, `HEAD`, `OPTIONS` and `TRACE`), with or without a key, before the
+//! key is claimed. When it rejects the request, its rejection is the response: the
+//! handler does not run and no key is claimed. When the handler takes the same
+//! extractor as an argument, it runs twice per request, once for the scope and once
+//! for the handler.
 //!
 //! The scope is hashed together with the method, path and key; neither it nor the raw
 //! key is stored or logged.
