@@ -115,11 +115,11 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
                 span,
                 format!("`#[idempotent]` applies to `async fn` handlers, not to {what}"),
             );
-            return with_errors(item, errors);
+            return with_errors(item, errors.finish());
         }
         Err(err) => {
             errors.push(err);
-            return with_errors(item, errors);
+            return with_errors(item, errors.finish());
         }
     };
     valid::check_signature(&func, &mut errors);
@@ -129,20 +129,14 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     match (args, errors.finish()) {
         (Some(args), None) => expand(&args, func),
-        (_, err) => {
-            let mut errors = Errors::default();
-            if let Some(err) = err {
-                errors.push(err);
-            }
-            with_errors(func.into_token_stream(), errors)
-        }
+        (_, errors) => with_errors(func.into_token_stream(), errors),
     }
 }
 
 /// The errors, followed by the item as written so that no secondary errors
 /// ("cannot find function") appear and IDEs keep working.
-fn with_errors(item: TokenStream, errors: Errors) -> TokenStream {
-    let errors = errors.finish().map(|e| e.to_compile_error());
+fn with_errors(item: TokenStream, errors: Option<syn::Error>) -> TokenStream {
+    let errors = errors.map(|e| e.to_compile_error());
     quote! { #errors #item }
 }
 

@@ -214,10 +214,12 @@ fn body_extractor(ty: &Type) -> Option<String> {
 
 /// The span of the first `impl` keyword in a type, if any.
 fn impl_trait_span(ty: &Type) -> Option<Span> {
-    ty.to_token_stream()
-        .into_iter()
-        .find_map(|token| match token {
+    fn find(tokens: proc_macro2::TokenStream) -> Option<Span> {
+        tokens.into_iter().find_map(|token| match token {
             proc_macro2::TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+            proc_macro2::TokenTree::Group(group) => find(group.stream()),
             _ => None,
         })
+    }
+    find(ty.to_token_stream())
 }
