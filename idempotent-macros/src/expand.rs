@@ -2,7 +2,7 @@
 //!
 //! Input:
 //!
-//! ```ignore
+//! ```text
 //! #[idempotent(ttl = "24h", scope = AuthUser)]
 //! pub async fn create(State(db): State<Db>, Json(order): Json<Order>) -> impl IntoResponse {
 //!     body
@@ -11,7 +11,7 @@
 //!
 //! Output (`__private` stands for `::idempotent_runtime::__private`):
 //!
-//! ```ignore
+//! ```text
 //! pub async fn create<__S, __M>(
 //!     __private::RouterState(__state): __private::RouterState<__S>,
 //!     __request: __private::Request,
