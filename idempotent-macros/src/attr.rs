@@ -1,7 +1,8 @@
-//! Parsing and validating the attribute's arguments.
+//! Parsing the attribute's arguments.
 //!
-//! Every value is checked here, at compile time, and every mistake is collected so the
-//! user sees them all in one build.
+//! Every value is parsed and checked on its own here, at compile time, and every
+//! mistake is collected so the user sees them all in one build. Checks that involve
+//! more than one argument, or the handler's signature, are in `valid.rs`.
 
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub(crate) enum KeyArg {
 pub(crate) enum ScopeArg {
     // scope = header("Authorization")
     Header(String),
+    // scope = AuthUser
+    Extractor(Box<syn::Type>),
 }
 
 pub(crate) enum FingerprintArg {
@@ -102,7 +105,10 @@ fn set_once<T>(
     errors: &mut Errors,
 ) {
     if slot.is_some() {
-        errors.error(span, format!("`{name}` is given more than once; keep one"));
+        errors.error(
+            span,
+            format!("`{name}` is given more than once\nremove this one or the first"),
+        );
     } else {
         *slot = Some(Spanned { span, value });
     }
@@ -113,7 +119,6 @@ impl Args {
         let mut args = Args::default();
         let parser = syn::meta::parser(|meta| args.parse_one(&meta, errors));
         syn::parse::Parser::parse2(parser, input.parse()?)?;
-        args.check_combinations(errors);
         Ok(args)
     }
 
@@ -148,12 +153,15 @@ impl Args {
             // required
             "required" => {
                 if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
-                    errors.error(span, "`required` takes no value: write `required`");
+                    errors.error(
+                        span,
+                        "`required` takes no value\nwrite `required` to answer requests without a key with 400, or leave it out to let them through",
+                    );
                     skip_value(meta)?;
                 }
                 set_once(&mut self.required, "required", span, (), errors);
             }
-            // scope = header("Authorization")
+            // scope = header("Authorization") | scope = AuthUser
             "scope" => {
                 if let Some(scope) = scope(meta, errors)? {
                     set_once(&mut self.scope, "scope", span, scope, errors);
@@ -188,38 +196,6 @@ impl Args {
         }
         Ok(())
     }
-
-    fn check_combinations(&self, errors: &mut Errors) {
-        if let (Some(key), Some(required)) = (&self.key, &self.required)
-            && matches!(key.value, KeyArg::Body)
-        {
-            errors.error(
-                required.span,
-                "`required` conflicts with `key = body`: the body is always there to be the key; remove `required`",
-            );
-        }
-        if let (Some(key), Some(fp)) = (&self.key, &self.fingerprint)
-            && matches!(key.value, KeyArg::Body)
-            && matches!(fp.value, FingerprintArg::None)
-        {
-            errors.error(
-                fp.span,
-                "`fingerprint = none` conflicts with `key = body`: the body hash is the key; remove `fingerprint = none`",
-            );
-        }
-        if let (Some(ttl), Some(lease)) = (&self.ttl, &self.lease)
-            && lease.value > ttl.value
-        {
-            errors.error(
-                lease.span,
-                format!(
-                    "`lease` ({}) is longer than `ttl` ({}): a claim would outlive the response it protects; make the lease shorter",
-                    humantime::format_duration(lease.value),
-                    humantime::format_duration(ttl.value)
-                ),
-            );
-        }
-    }
 }
 
 /// Consumes `= value` or `(...)` after an argument we are not going to use.
@@ -251,6 +227,14 @@ fn duration(
         return Ok(None);
     }
     meta.input.parse::<Token![=]>()?;
+    if !meta.input.peek(syn::Lit) {
+        errors.error(
+            meta.input.span(),
+            format!("`{name}` takes a duration string such as `{name} = \"{example}\"`"),
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
     let lit: syn::Lit = meta.input.parse()?;
     let text = match &lit {
         syn::Lit::Str(s) => s.value(),
@@ -271,17 +255,30 @@ fn duration(
     };
     match humantime::parse_duration(&text) {
         Ok(d) if d.is_zero() => {
-            errors.error(lit.span(), format!("`{name}` must be longer than zero"));
+            let what = if name == "ttl" {
+                "a response kept for no time would never be replayed"
+            } else {
+                "a claim that expires at once would protect nothing"
+            };
+            errors.error(
+                lit.span(),
+                format!("`{name}` must be longer than zero: {what}\nwrite a duration such as `{name} = \"{example}\"`"),
+            );
             Ok(None)
         }
         Ok(d) => Ok(Some(d)),
         Err(_) => {
-            let hint = if !text.is_empty() && text.trim().bytes().all(|b| b.is_ascii_digit()) {
-                format!("; add a unit: `\"{}s\"`", text.trim())
+            let trimmed = text.trim();
+            let message = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                format!(
+                    "the duration `{trimmed}` has no unit; did you mean `\"{trimmed}s\"`?\nunits are `ms`, `s`, `m`, `h` and `d`"
+                )
             } else {
-                format!("; write it like `\"{example}\"`, `\"90s\"`, `\"500ms\"` or `\"1h 30m\"`")
+                format!(
+                    "`{text}` is not a duration\nwrite it like `\"{example}\"`, `\"90s\"`, `\"500ms\"` or `\"1h 30m\"`"
+                )
             };
-            errors.error(lit.span(), format!("`{text}` is not a duration{hint}"));
+            errors.error(lit.span(), message);
             Ok(None)
         }
     }
@@ -371,27 +368,48 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
 }
 
 fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<ScopeArg>> {
+    const EXPECTED: &str = "write `scope = header(\"Authorization\")` to scope by a request header, or `scope = AuthUser` to scope by an extractor that implements `idempotent_runtime::Scope`";
     if !meta.input.peek(Token![=]) {
         errors.error(
             meta.path.span(),
-            "`scope` needs a source: `scope = header(\"Authorization\")`",
+            format!("`scope` needs a source\n{EXPECTED}"),
         );
         skip_value(meta)?;
         return Ok(None);
     }
-    let (ident, args) = call(meta)?;
-    Ok(match ident.to_string().as_str() {
-        "header" => single(&ident, args, "Authorization", errors)
+    // `header` or `header(..)`, but not a type path such as `header::Tenant`
+    let is_header = {
+        let fork = meta.input.fork();
+        fork.parse::<Token![=]>().is_ok()
+            && fork
+                .call(Ident::parse_any)
+                .is_ok_and(|ident| ident == "header")
+            && (fork.is_empty() || fork.peek(Token![,]) || fork.peek(syn::token::Paren))
+    };
+    if is_header {
+        let (ident, args) = call(meta)?;
+        return Ok(single(&ident, args, "Authorization", errors)
             .and_then(|lit| header_name(&lit, errors))
-            .map(ScopeArg::Header),
-        other => {
-            errors.error(
-                ident.span(),
-                format!("unknown scope source `{other}`; expected `header(\"Name\")`"),
-            );
-            None
-        }
-    })
+            .map(ScopeArg::Header));
+    }
+    meta.input.parse::<Token![=]>()?;
+    let value_span = meta.input.span();
+    let is_type = {
+        let fork = meta.input.fork();
+        matches!(fork.parse::<syn::Type>(), Ok(syn::Type::Path(_)))
+            && (fork.is_empty() || fork.peek(Token![,]))
+    };
+    if is_type {
+        return Ok(Some(ScopeArg::Extractor(Box::new(meta.input.parse()?))));
+    }
+    errors.error(
+        value_span,
+        format!("`scope` takes a header or an extractor type\n{EXPECTED}"),
+    );
+    while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+        meta.input.parse::<proc_macro2::TokenTree>()?;
+    }
+    Ok(None)
 }
 
 fn fingerprint(
@@ -463,7 +481,7 @@ fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<
             _ => {
                 errors.error(
                     lit.span(),
-                    format!("`{part}` is not a status class or code; write classes like `2xx` or codes like `409`, separated by commas: `store = \"2xx,4xx\"`"),
+                    format!("`{part}` is not a status class or code\nwrite classes `1xx` to `5xx` or codes from 100 to 599, separated by commas, like `store = \"2xx,4xx\"` or `store = \"2xx,409\"`"),
                 );
                 return Ok(None);
             }
@@ -482,9 +500,14 @@ fn header_name(lit: &LitStr, errors: &mut Errors) -> Option<String> {
     if valid {
         Some(name.to_ascii_lowercase())
     } else {
+        let fix = if name.contains(' ') {
+            format!("did you mean `\"{}\"`?", name.trim().replace(' ', "-"))
+        } else {
+            "use letters, digits and `-`, like `\"X-Request-Id\"`".to_owned()
+        };
         errors.error(
             lit.span(),
-            format!("`{name}` is not a valid header name; use letters, digits and `-`, like `\"X-Request-Id\"`"),
+            format!("`{name}` is not a valid header name\n{fix}"),
         );
         None
     }

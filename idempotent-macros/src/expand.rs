@@ -2,50 +2,99 @@
 //!
 //! Input:
 //!
-//! ```ignore
-//! #[idempotent(ttl = "24h")]
+//! ```text
+//! #[idempotent(ttl = "24h", scope = AuthUser)]
 //! pub async fn create(State(db): State<Db>, Json(order): Json<Order>) -> impl IntoResponse {
 //!     body
 //! }
 //! ```
 //!
-//! Output (paths shortened):
+//! Output (`__private` stands for `::idempotent_runtime::__private`):
 //!
-//! ```ignore
+//! ```text
 //! pub async fn create<__S, __M>(
-//!     RouterState(__state): RouterState<__S>,
-//!     __request: Request,
-//! ) -> Response
+//!     __private::RouterState(__state): __private::RouterState<__S>,
+//!     __request: __private::Request,
+//! ) -> __private::Response
 //! where
-//!     __S: IdempotencyState + Clone + Send + Sync + 'static,
-//!     State<Db>: FromRequestParts<__S> + Send,
-//!     Json<Order>: FromRequest<__S, __M> + Send,
+//!     __S: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
+//!     State<Db>: __private::FromRequestParts<__S> + __private::Send,
+//!     Json<Order>: __private::FromRequest<__S, __M> + __private::Send,
+//!     AuthUser: __private::FromRequestParts<__S>,
 //! {
-//!     async fn create(State(db): State<Db>, Json(order): Json<Order>) -> impl IntoResponse {
-//!         body
-//!     }
-//!     static __ENDPOINT: Endpoint = Endpoint { ttl: Some(Duration::from_secs(86400)), ..Endpoint::DEFAULT };
-//!     run::<__S, _, (__M, State<Db>, Json<Order>)>(&__ENDPOINT, create, __request, __state).await
+//!     static __ENDPOINT: __private::Endpoint = __private::Endpoint {
+//!         ttl: __private::Some(__private::Duration::new(86400, 0)),
+//!         scope: __private::ScopeSource::Extractor,
+//!         ..__private::Endpoint::DEFAULT
+//!     };
+//!     let __handler = |State(db): State<Db>, Json(order): Json<Order>| async move {
+//!         let __output = async move {
+//!             if false {
+//!                 let __ret: _ = loop {};   // the declared return type, `impl Trait` erased
+//!                 return __ret;
+//!             }
+//!             body
+//!         }
+//!         .await;
+//!         let __output = {
+//!             fn __declared(__value: impl IntoResponse) -> impl IntoResponse {
+//!                 __value
+//!             }
+//!             __declared(__output)
+//!         };
+//!         __private::HandlerOutput::into_response(__output)
+//!     };
+//!     __private::run_scoped::<__S, _, (__M, State<Db>, Json<Order>), AuthUser>(
+//!         &__ENDPOINT, __handler, __request, __state,
+//!     )
+//!     .await
 //! }
 //! ```
 //!
+//! Without `scope = Type`, the last call is `__private::run::<__S, _, (..)>(&__ENDPOINT,
+//! __handler, __request, __state, __private::None)`.
+//!
 //! `RouterState<S>` implements `FromRequestParts<S>` for exactly one `S`, which lets the
 //! compiler infer the router state from the router the handler is added to, so the
-//! handler works with any state and sub-state. The user's function is kept verbatim
-//! inside and called through axum's own `Handler` impl, so extraction and rejections
-//! behave exactly as without the attribute.
+//! handler works with any state and sub-state. The user's code becomes the body of a
+//! closure that axum calls as a handler, so extraction and rejections behave exactly as
+//! without the attribute, and `Self` still works in an `impl` block (a nested `fn` item
+//! could not use it). The closure's parameters are the user's, patterns included.
+//!
+//! Where the user's code can be wrong, the generated tokens carry the span of the
+//! user's token, so that the compiler's error points there:
+//!
+//! - the `where` bounds on each extractor are spanned at its type (the router state is
+//!   only known where the handler is added to a router, so that is where an argument
+//!   that is not an extractor is reported, with a note pointing at the argument);
+//! - the `into_response` call is spanned at the return type;
+//! - the scope type in the `run_scoped` turbofish is the user's own token, so a type
+//!   that does not implement `Scope` is reported in the attribute;
+//! - the "fake return" in the inner `async` block gives it the declared return type, so
+//!   that `?` and type inference work as in the original `async fn` (tracing's
+//!   `#[instrument]` does the same);
+//! - with `impl Trait` in the return type, which the fake return erases to `_`, the
+//!   value then passes through `__declared`, a `fn` with the declared return type: it
+//!   checks the declared bounds and keeps the names in them used. (Left out when the
+//!   type names `Self`, which a nested `fn` cannot use.)
+//!
+//! Internal names (`__state`, `__handler`, ...) use `Span::mixed_site()`, so the user's
+//! code can neither see nor shadow them, and every path starts at
+//! `::idempotent_runtime::__private`, so a user's `type Result<T> = ...` or
+//! `struct Request;` cannot change what they mean. There are no sibling items, which
+//! would break inside an `impl` block.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Type};
+use syn::visit_mut::VisitMut;
+use syn::{AttrStyle, FnArg, Item, ItemFn, ReturnType, Type};
 
 use crate::attr::{Args, Errors, FingerprintArg, KeyArg, ScopeArg};
+use crate::valid;
 
-/// Axum implements `Handler` for functions of up to 16 extractors.
-const MAX_EXTRACTORS: usize = 16;
-
+/// The macro's entry point: parse, validate, generate.
 pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = match Parser::parse2(
@@ -58,177 +107,101 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
             None
         }
     };
-    let func = match syn::parse2::<ItemFn>(item.clone()) {
-        Ok(func) => func,
-        Err(_) => {
+    let func = match syn::parse2::<Item>(item.clone()) {
+        Ok(Item::Fn(func)) => func,
+        Ok(other) => {
+            let (span, what) = item_kind(&other);
             errors.error(
-                first_token_span(&item),
-                "the `#[idempotent]` attribute can only be applied to `async fn` handlers",
+                span,
+                format!("`#[idempotent]` applies to `async fn` handlers, not to {what}"),
             );
-            return with_errors(item, errors);
+            return with_errors(item, errors.finish());
+        }
+        Err(err) => {
+            errors.push(err);
+            return with_errors(item, errors.finish());
         }
     };
-    check_signature(&func, &mut errors);
+    valid::check_signature(&func, &mut errors);
     if let Some(args) = &args {
-        check_args_against_signature(args, &func, &mut errors);
+        valid::check_args(args, &mut errors);
+        valid::check_args_against_signature(args, &func, &mut errors);
     }
     match (args, errors.finish()) {
         (Some(args), None) => expand(&args, func),
-        (_, err) => {
-            let mut errors = Errors::default();
-            if let Some(err) = err {
-                errors.push(err);
-            }
-            with_errors(func.into_token_stream(), errors)
-        }
+        (_, errors) => with_errors(func.into_token_stream(), errors),
     }
 }
 
 /// The errors, followed by the item as written so that no secondary errors
 /// ("cannot find function") appear and IDEs keep working.
-fn with_errors(item: TokenStream, errors: Errors) -> TokenStream {
-    let errors = errors.finish().map(|e| e.to_compile_error());
+fn with_errors(item: TokenStream, errors: Option<syn::Error>) -> TokenStream {
+    let errors = errors.map(|e| e.to_compile_error());
     quote! { #errors #item }
 }
 
-fn first_token_span(item: &TokenStream) -> Span {
-    item.clone()
-        .into_iter()
-        .next()
-        .map_or_else(Span::call_site, |t| t.span())
-}
-
-fn check_signature(func: &ItemFn, errors: &mut Errors) {
-    let sig = &func.sig;
-    if sig.asyncness.is_none() {
-        errors.error(
-            sig.fn_token.span,
-            "the `#[idempotent]` attribute can only be applied to `async fn` handlers\nadd `async` before `fn`",
-        );
-    }
-    if let Some(constness) = &sig.constness {
-        errors.error(
-            constness.span,
-            "an `#[idempotent]` handler cannot be `const`",
-        );
-    }
-    if let Some(unsafety) = &sig.unsafety {
-        errors.error(
-            unsafety.span,
-            "an `#[idempotent]` handler cannot be `unsafe`",
-        );
-    }
-    if let Some(abi) = &sig.abi {
-        errors.error(
-            abi.span(),
-            "an `#[idempotent]` handler cannot have an `extern` ABI",
-        );
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.error(
-            sig.generics.span(),
-            "an `#[idempotent]` handler cannot be generic\naxum needs concrete extractor types; name them in the signature",
-        );
-    }
-    if let Some(variadic) = &sig.variadic {
-        errors.error(
-            variadic.span(),
-            "an `#[idempotent]` handler cannot be variadic",
-        );
-    }
-    for arg in &sig.inputs {
-        match arg {
-            FnArg::Receiver(receiver) => errors.error(
-                receiver.span(),
-                "an `#[idempotent]` handler cannot take `self`\naxum handlers are free functions or associated functions without a receiver",
-            ),
-            FnArg::Typed(typed) => {
-                if contains_impl_trait(&typed.ty) {
-                    errors.error(
-                        typed.ty.span(),
-                        "an `#[idempotent]` handler cannot take `impl Trait` arguments\nname the extractor type",
-                    );
-                }
-            }
-        }
-    }
-    if sig.inputs.len() > MAX_EXTRACTORS {
-        errors.error(
-            sig.inputs.span(),
-            format!(
-                "axum handlers take at most {MAX_EXTRACTORS} extractors; this one has {}",
-                sig.inputs.len()
-            ),
-        );
+/// The keyword of an item that is not a function, and what to call it in a message.
+fn item_kind(item: &Item) -> (Span, &'static str) {
+    match item {
+        Item::Const(i) => (i.const_token.span, "a `const`"),
+        Item::Enum(i) => (i.enum_token.span, "an `enum`"),
+        Item::ExternCrate(i) => (i.extern_token.span, "an `extern crate`"),
+        Item::ForeignMod(i) => (i.abi.extern_token.span, "an `extern` block"),
+        Item::Impl(i) => (
+            i.impl_token.span,
+            "an `impl` block; put it on a function inside",
+        ),
+        Item::Macro(i) => (i.mac.path.span(), "a macro invocation"),
+        Item::Mod(i) => (i.mod_token.span, "a module"),
+        Item::Static(i) => (i.static_token.span, "a `static`"),
+        Item::Struct(i) => (i.struct_token.span, "a `struct`"),
+        Item::Trait(i) => (i.trait_token.span, "a trait"),
+        Item::TraitAlias(i) => (i.trait_token.span, "a trait alias"),
+        Item::Type(i) => (i.type_token.span, "a type alias"),
+        Item::Union(i) => (i.union_token.span, "a `union`"),
+        Item::Use(i) => (i.use_token.span, "a `use`"),
+        other => (
+            other
+                .to_token_stream()
+                .into_iter()
+                .next()
+                .map_or_else(Span::call_site, |t| t.span()),
+            "this item; it needs a body",
+        ),
     }
 }
 
-fn contains_impl_trait(ty: &Type) -> bool {
-    ty.to_token_stream()
-        .into_iter()
-        .any(|t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == "impl"))
-}
-
-fn arg_types(func: &ItemFn) -> Vec<&Type> {
-    func.sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(typed) => Some(&*typed.ty),
-            FnArg::Receiver(_) => None,
-        })
-        .collect()
-}
-
-/// The last segment's name of a type path (`Json` for `axum::Json<Order>`).
-fn type_name(ty: &Type) -> Option<String> {
-    match ty {
-        Type::Path(path) => path.path.segments.last().map(|s| s.ident.to_string()),
-        Type::Paren(inner) => type_name(&inner.elem),
-        Type::Group(inner) => type_name(&inner.elem),
-        _ => None,
-    }
-}
-
-fn check_args_against_signature(args: &Args, func: &ItemFn, errors: &mut Errors) {
-    if let Some(key) = &args.key
-        && let KeyArg::Json(pointer) = &key.value
-    {
-        let last = arg_types(func).last().and_then(|ty| type_name(ty));
-        if last.as_deref() != Some("Json") {
-            errors.error(
-                key.span,
-                format!(
-                    "`key = json(\"{pointer}\")` reads the key from a JSON body, but this handler has no `Json<_>` extractor\nadd a `Json<T>` argument last, or read the key from a header: `key = header(\"Name\")`"
-                ),
-            );
-        }
-    }
+/// `::idempotent_runtime::__private`, reported at `span` but marked as the macro's own
+/// tokens, so that lints (clippy's in particular) do not take them for the user's code.
+fn private_at(span: Span) -> TokenStream {
+    quote_spanned!(Span::mixed_site().located_at(span)=> ::idempotent_runtime::__private)
 }
 
 fn duration_tokens(d: std::time::Duration) -> TokenStream {
+    let private = private_at(Span::call_site());
     let secs = d.as_secs();
     let nanos = d.subsec_nanos();
-    quote!(::idempotent_runtime::__private::Duration::new(#secs, #nanos))
+    quote!(#private::Duration::new(#secs, #nanos))
 }
 
+/// The endpoint's settings; what the attribute leaves out is `Endpoint::DEFAULT`.
 fn endpoint_tokens(args: &Args) -> TokenStream {
-    let krate = quote!(::idempotent_runtime::__private);
+    let private = private_at(Span::call_site());
     let mut fields = Vec::new();
     if let Some(ttl) = &args.ttl {
         let d = duration_tokens(ttl.value);
-        fields.push(quote!(ttl: #krate::Some(#d)));
+        fields.push(quote!(ttl: #private::Some(#d)));
     }
     if let Some(lease) = &args.lease {
         let d = duration_tokens(lease.value);
-        fields.push(quote!(lease: #krate::Some(#d)));
+        fields.push(quote!(lease: #private::Some(#d)));
     }
     if let Some(key) = &args.key {
         let source = match &key.value {
-            KeyArg::Header(name) => quote!(#krate::KeySource::Header(#name)),
-            KeyArg::Query(name) => quote!(#krate::KeySource::Query(#name)),
-            KeyArg::Json(pointer) => quote!(#krate::KeySource::Json(#pointer)),
-            KeyArg::Body => quote!(#krate::KeySource::Body),
+            KeyArg::Header(name) => quote!(#private::KeySource::Header(#name)),
+            KeyArg::Query(name) => quote!(#private::KeySource::Query(#name)),
+            KeyArg::Json(pointer) => quote!(#private::KeySource::Json(#pointer)),
+            KeyArg::Body => quote!(#private::KeySource::Body),
         };
         fields.push(quote!(key: #source));
     }
@@ -236,94 +209,237 @@ fn endpoint_tokens(args: &Args) -> TokenStream {
         fields.push(quote!(required: true));
     }
     if let Some(scope) = &args.scope {
-        let ScopeArg::Header(name) = &scope.value;
-        fields.push(quote!(scope: #krate::ScopeSource::Header(#name)));
+        let source = match &scope.value {
+            ScopeArg::Header(name) => quote!(#private::ScopeSource::Header(#name)),
+            ScopeArg::Extractor(_) => quote!(#private::ScopeSource::Extractor),
+        };
+        fields.push(quote!(scope: #source));
     }
     if let Some(store) = &args.store {
         let classes = &store.value.classes;
         let codes = &store.value.codes;
-        fields.push(quote!(policy: #krate::StatusPolicy::classes(&[#(#classes),*]).with_codes(&[#(#codes),*])));
+        fields.push(quote!(policy: #private::StatusPolicy::classes(&[#(#classes),*]).with_codes(&[#(#codes),*])));
     }
     if let Some(fp) = &args.fingerprint {
         let mode = match &fp.value {
-            FingerprintArg::Body => quote!(#krate::FingerprintMode::Body { exclude: &[] }),
-            FingerprintArg::None => quote!(#krate::FingerprintMode::None),
+            FingerprintArg::Body => quote!(#private::FingerprintMode::Body { exclude: &[] }),
+            FingerprintArg::None => quote!(#private::FingerprintMode::None),
             FingerprintArg::Exclude(pointers) => {
-                quote!(#krate::FingerprintMode::Body { exclude: &[#(#pointers),*] })
+                quote!(#private::FingerprintMode::Body { exclude: &[#(#pointers),*] })
             }
         };
         fields.push(quote!(fingerprint: #mode));
     }
-    quote!(#krate::Endpoint { #(#fields,)* ..#krate::Endpoint::DEFAULT })
+    quote!(#private::Endpoint { #(#fields,)* ..#private::Endpoint::DEFAULT })
 }
 
-/// Attributes that describe the function as an item stay on the outer function; the
-/// rest (`#[tracing::instrument]` and the like) wrap the user's code inside.
-fn is_item_attr(attr: &syn::Attribute) -> bool {
-    let path = attr.path();
-    [
-        "doc",
-        "cfg",
-        "cfg_attr",
-        "allow",
-        "warn",
-        "deny",
-        "forbid",
-        "expect",
-        "deprecated",
-        "must_use",
-    ]
-    .iter()
-    .any(|name| path.is_ident(name))
+/// Replaces every `impl Trait` in a type with `_`, for the fake return: the concrete
+/// type is then inferred from the body, as it is for the original `async fn`.
+#[derive(Default)]
+struct EraseImplTrait {
+    erased: bool,
 }
 
-fn expand(args: &Args, mut func: ItemFn) -> TokenStream {
-    let krate = quote!(::idempotent_runtime::__private);
-    let (outer_attrs, inner_attrs): (Vec<_>, Vec<_>) = std::mem::take(&mut func.attrs)
-        .into_iter()
-        .partition(is_item_attr);
-    let vis = std::mem::replace(&mut func.vis, syn::Visibility::Inherited);
-    func.attrs = inner_attrs;
-    let name = &func.sig.ident;
-
-    let state = format_ident!("__S", span = Span::mixed_site());
-    let via = format_ident!("__M", span = Span::mixed_site());
-    let state_value = format_ident!("__state", span = Span::mixed_site());
-    let request = format_ident!("__request", span = Span::mixed_site());
-    let endpoint_static = format_ident!("__ENDPOINT", span = Span::mixed_site());
-
-    let types = arg_types(&func);
-    let (generics, handler_args, bounds) = match types.split_last() {
-        None => (quote!(<#state>), quote!(((),)), Vec::new()),
-        Some((last, parts)) => {
-            let mut bounds: Vec<TokenStream> = parts
-                .iter()
-                .map(|ty| quote_spanned!(ty.span()=> #ty: #krate::FromRequestParts<#state> + #krate::Send))
-                .collect();
-            bounds.push(quote_spanned!(last.span()=> #last: #krate::FromRequest<#state, #via> + #krate::Send));
-            (quote!(<#state, #via>), quote!((#via, #(#types,)*)), bounds)
-        }
-    };
-    let endpoint = endpoint_tokens(args);
-    let output_span = func.sig.output.span();
-    let asyncness = &func.sig.asyncness;
-    let fn_token = &func.sig.fn_token;
-    let response = quote_spanned!(output_span=> #krate::Response);
-
-    quote! {
-        #(#outer_attrs)*
-        #[allow(private_bounds, clippy::type_complexity)]
-        #vis #asyncness #fn_token #name #generics(
-            #krate::RouterState(#state_value): #krate::RouterState<#state>,
-            #request: #krate::Request,
-        ) -> #response
-        where
-            #state: #krate::IdempotencyState + #krate::Clone + #krate::Send + #krate::Sync + 'static,
-            #(#bounds,)*
-        {
-            #func
-            static #endpoint_static: #krate::Endpoint = #endpoint;
-            #krate::run::<#state, _, #handler_args>(&#endpoint_static, #name, #request, #state_value).await
+impl VisitMut for EraseImplTrait {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(impl_trait) = ty {
+            *ty = Type::Infer(syn::TypeInfer {
+                underscore_token: syn::Token![_](impl_trait.impl_token.span),
+            });
+            self.erased = true;
+        } else {
+            syn::visit_mut::visit_type_mut(self, ty);
         }
     }
+}
+
+/// Whether the tokens name `Self`, which a nested `fn` item cannot use.
+fn mentions_self(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
+        proc_macro2::TokenTree::Group(group) => mentions_self(group.stream()),
+        _ => false,
+    })
+}
+
+fn expand(args: &Args, func: ItemFn) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
+    // The block's inner attributes (`#![allow(..)]`) are parsed into `attrs`; they
+    // apply to the whole function either way, so all of them go on the function.
+    let attrs = attrs.into_iter().map(|mut attr| {
+        attr.style = AttrStyle::Outer;
+        attr
+    });
+    let name = &sig.ident;
+    let mixed = |name: &str| format_ident!("{}", name, span = Span::mixed_site());
+    let state = mixed("__S");
+    let via = mixed("__M");
+    let state_value = mixed("__state");
+    let request = mixed("__request");
+    let handler = mixed("__handler");
+    let output = mixed("__output");
+    let ret = mixed("__ret");
+    let endpoint_static = mixed("__ENDPOINT");
+    let private = private_at(Span::call_site());
+
+    // One `where` bound per extractor, spanned at its type.
+    let params: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(typed) => Some(typed),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let types: Vec<&Type> = params.iter().map(|p| &*p.ty).collect();
+    let mut bounds: Vec<TokenStream> = Vec::new();
+    let (generics, handler_args) = match types.split_last() {
+        None => (quote!(<#state>), quote!(((),))),
+        Some((last, parts)) => {
+            for ty in parts {
+                let private = private_at(ty.span());
+                bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
+                    #ty: #private::FromRequestParts<#state> + #private::Send
+                ));
+            }
+            let private_last = private_at(last.span());
+            bounds.push(quote_spanned!(Span::mixed_site().located_at(last.span())=>
+                #last: #private_last::FromRequest<#state, #via> + #private_last::Send
+            ));
+            (quote!(<#state, #via>), quote!((#via, #(#types,)*)))
+        }
+    };
+    let scope_type = args.scope.as_ref().and_then(|scope| match &scope.value {
+        ScopeArg::Extractor(ty) => Some(ty),
+        ScopeArg::Header(_) => None,
+    });
+    if let Some(ty) = scope_type {
+        let private = private_at(ty.span());
+        bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
+            #ty: #private::FromRequestParts<#state>
+        ));
+    }
+
+    // The user's code, typed by its declared return type.
+    // With `impl Trait` erased, the declared type would otherwise appear nowhere (and
+    // its imports would count as unused): the value passes through a `fn` that returns
+    // it as declared, which also checks it against the declared bounds.
+    let (output_span, return_type, declared) = match &sig.output {
+        ReturnType::Default => (sig.ident.span(), quote!(()), None),
+        ReturnType::Type(_, ty) => {
+            let mut erased = (**ty).clone();
+            let mut eraser = EraseImplTrait::default();
+            eraser.visit_type_mut(&mut erased);
+            let declared = (eraser.erased && !mentions_self(ty.to_token_stream())).then(|| {
+                let declared = mixed("__declared");
+                let value = mixed("__value");
+                quote! {
+                    let #output = {
+                        fn #declared(#value: #ty) -> #ty {
+                            #value
+                        }
+                        #declared(#output)
+                    };
+                }
+            });
+            (ty.span(), erased.into_token_stream(), declared)
+        }
+    };
+    let private_output = private_at(output_span);
+    let output_at_type = format_ident!(
+        "__output",
+        span = Span::mixed_site().located_at(output_span)
+    );
+    let into_response = quote_spanned!(Span::mixed_site().located_at(output_span)=>
+        #private_output::HandlerOutput::into_response(#output_at_type)
+    );
+    let stmts = &block.stmts;
+    let endpoint = endpoint_tokens(args);
+    let run = match scope_type {
+        None => quote! {
+            #private::run::<#state, _, #handler_args>(
+                &#endpoint_static, #handler, #request, #state_value, #private::None,
+            )
+            .await
+        },
+        // Spanned at the scope type: a type that is not a `Scope` is reported there.
+        Some(ty) => {
+            let span = Span::mixed_site().located_at(ty.span());
+            let private = private_at(ty.span());
+            // One context for every token of the call, so that the compiler reports the
+            // missing `Scope` once, not once per token context.
+            let ty = respan_mixed(ty.to_token_stream());
+            quote_spanned! {span=>
+                #private::run_scoped::<#state, _, #handler_args, #ty>(
+                    &#endpoint_static, #handler, #request, #state_value,
+                )
+                .await
+            }
+        }
+    };
+    let asyncness = &sig.asyncness;
+    let fn_token = &sig.fn_token;
+
+    quote! {
+        #(#attrs)*
+        #[allow(private_bounds)]
+        #vis #asyncness #fn_token #name #generics(
+            #private::RouterState(#state_value): #private::RouterState<#state>,
+            #request: #private::Request,
+        ) -> #private::Response
+        where
+            #state: #private::IdempotencyState + #private::Clone + #private::Send + #private::Sync + 'static,
+            #(#bounds,)*
+        {
+            static #endpoint_static: #private::Endpoint = #endpoint;
+            let #handler = |#(#params),*| async move {
+                let #output = async move {
+                    #[allow(
+                        unknown_lints,
+                        unreachable_code,
+                        clippy::diverging_sub_expression,
+                        clippy::empty_loop,
+                        clippy::let_unit_value,
+                        clippy::let_with_type_underscore,
+                        clippy::needless_return,
+                        clippy::unreachable
+                    )]
+                    if false {
+                        let #ret: #return_type = loop {};
+                        return #ret;
+                    }
+                    #(#stmts)*
+                }
+                .await;
+                #declared
+                #into_response
+            };
+            #run
+        }
+    }
+}
+
+/// The same tokens, each with the hygiene of `Span::mixed_site()` at its own location.
+/// Paths in them still resolve where the user wrote them: only local variables and
+/// labels resolve differently under `mixed_site`, and a type has neither.
+fn respan_mixed(tokens: TokenStream) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan_mixed(group.stream()));
+                inner.set_span(Span::mixed_site().located_at(group.span()));
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(Span::mixed_site().located_at(token.span()));
+            }
+            token
+        })
+        .collect()
 }

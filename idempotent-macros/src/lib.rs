@@ -6,6 +6,7 @@
 
 mod attr;
 mod expand;
+mod valid;
 
 use proc_macro::TokenStream;
 

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod problem;
 pub mod protocol;
 pub mod response;
+pub mod scope;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -32,6 +33,7 @@ pub use store::postgres::PostgresStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use ::sqlx;
 
+pub use scope::Scope;
 pub use store::{Claim, FencingToken, MemoryStore, Record, Store, StoreError};
 
 #[cfg(feature = "redis")]
@@ -61,4 +63,24 @@ pub mod __private {
     pub use crate::key::KeySource;
     pub use crate::policy::StatusPolicy;
     pub use crate::protocol::{Endpoint, FingerprintMode, RouterState, ScopeSource, run};
+    pub use crate::scope::{Scope, run_scoped};
+
+    /// What an `#[idempotent]` handler returns: anything axum turns into a response.
+    /// The expansion converts through it to word the error for a return type that is not.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the return type of a handler: it does not implement `IntoResponse`",
+        label = "the return type of an `#[idempotent]` handler must implement `axum::response::IntoResponse`",
+        note = "return a type that does, like `String`, `Json<T>`, `(StatusCode, T)`, `Response`, or `Result<T, E>` where both `T` and `E` do; or implement `IntoResponse` for `{Self}`"
+    )]
+    pub trait HandlerOutput {
+        /// The response.
+        fn into_response(self) -> Response;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: axum::response::IntoResponse> HandlerOutput for T {
+        fn into_response(self) -> Response {
+            axum::response::IntoResponse::into_response(self)
+        }
+    }
 }

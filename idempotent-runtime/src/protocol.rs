@@ -59,6 +59,8 @@ pub enum ScopeSource {
     None,
     /// The SHA-256 of a request header (`Authorization`, `X-Tenant-Id`).
     Header(&'static str),
+    /// The `scope` given to [`run`], from an extractor's [`Scope`](crate::Scope).
+    Extractor,
 }
 
 /// One endpoint's settings, written by the attribute as a `static`.
@@ -100,13 +102,15 @@ impl<S: Clone + Send + Sync> FromRequestParts<S> for RouterState<S> {
     }
 }
 
-/// Runs `handler` under the protocol of `endpoint`.
+/// Runs `handler` under the protocol of `endpoint`; `scope` is the caller's identity
+/// when the endpoint's scope is [`ScopeSource::Extractor`].
 #[doc(hidden)]
 pub async fn run<S, H, T>(
     endpoint: &'static Endpoint,
     handler: H,
     request: Request,
     state: S,
+    scope: Option<String>,
 ) -> Response
 where
     S: IdempotencyState + Clone + Send + Sync + 'static,
@@ -116,7 +120,7 @@ where
         return handler.call(request, state).await;
     }
     let idempotency = state.idempotency();
-    let prepared = match prepare(endpoint, &idempotency, request).await {
+    let prepared = match prepare(endpoint, &idempotency, request, scope).await {
         Ok(Prepared::Claim(prepared)) => prepared,
         Ok(Prepared::PassThrough(request)) => return handler.call(request, state).await,
         Err(problem) => return problem.into_response(),
@@ -191,6 +195,7 @@ pub(crate) async fn prepare(
     endpoint: &Endpoint,
     idempotency: &Idempotency,
     request: Request,
+    scope: Option<String>,
 ) -> Result<Prepared, Problem> {
     let (parts, body) = request.into_parts();
     let client_key = match endpoint.key {
@@ -225,6 +230,7 @@ pub(crate) async fn prepare(
     let scope = match endpoint.scope {
         ScopeSource::None => None,
         ScopeSource::Header(name) => Some(hash_header(&parts, name)),
+        ScopeSource::Extractor => scope,
     };
     let path = parts
         .extensions

@@ -1,0 +1,225 @@
+//! Validation: what each argument means for the others and for the handler's signature.
+//!
+//! Parsing (`attr.rs`) accepts each argument on its own; here the combinations that
+//! cannot work are reported, each at the span of the token to change, together with
+//! what to write instead.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Type};
+
+use crate::attr::{Args, Errors, FingerprintArg, KeyArg};
+
+/// Axum implements `Handler` for functions of up to 16 extractors.
+const MAX_EXTRACTORS: usize = 16;
+
+/// Extractors that consume the request body; axum needs them last.
+const BODY_EXTRACTORS: &[&str] = &[
+    "Body",
+    "Bytes",
+    "BytesMut",
+    "Form",
+    "Json",
+    "Multipart",
+    "RawForm",
+    "Request",
+    "String",
+];
+
+/// Arguments that conflict with each other.
+pub(crate) fn check_args(args: &Args, errors: &mut Errors) {
+    if let (Some(key), Some(required)) = (&args.key, &args.required)
+        && matches!(key.value, KeyArg::Body)
+    {
+        errors.error(
+            required.span,
+            "`required` has no effect with `key = body`: every request has a body to be its key\nremove `required`",
+        );
+    }
+    if let (Some(key), Some(fp)) = (&args.key, &args.fingerprint)
+        && matches!(key.value, KeyArg::Body)
+        && matches!(fp.value, FingerprintArg::None)
+    {
+        errors.error(
+            fp.span,
+            "`fingerprint = none` conflicts with `key = body`: the body's fingerprint is the key\nremove `fingerprint = none`",
+        );
+    }
+    if let (Some(ttl), Some(lease)) = (&args.ttl, &args.lease)
+        && lease.value > ttl.value
+    {
+        errors.error(
+            lease.span,
+            format!(
+                "`lease` ({}) is longer than `ttl` ({}): the claim would outlive the response it protects\nmake `lease` shorter than `ttl`",
+                humantime::format_duration(lease.value),
+                humantime::format_duration(ttl.value)
+            ),
+        );
+    }
+}
+
+/// What axum and the protocol need from the handler's signature.
+pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        errors.error(
+            sig.fn_token.span,
+            "`#[idempotent]` handlers must be `async fn`\nadd `async` before `fn`",
+        );
+    }
+    if let Some(constness) = &sig.constness {
+        errors.error(
+            constness.span,
+            "`#[idempotent]` handlers cannot be `const fn`\nremove `const`",
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.error(
+            unsafety.span,
+            "`#[idempotent]` handlers cannot be `unsafe fn`\nremove `unsafe`",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.error(
+            abi.extern_token.span,
+            "`#[idempotent]` handlers cannot have an `extern` ABI\nremove the ABI",
+        );
+    }
+    if let Some(param) = sig.generics.params.first() {
+        errors.error(
+            param.span(),
+            "`#[idempotent]` handlers cannot be generic: axum needs to know each extractor's type\nname the concrete types in the signature",
+        );
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.error(
+            where_clause.where_token.span,
+            "`#[idempotent]` handlers cannot have a `where` clause\nname the concrete types in the signature",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.error(
+            variadic.dots.spans[0],
+            "`#[idempotent]` handlers cannot be variadic",
+        );
+    }
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(receiver) => errors.error(
+                receiver.self_token.span,
+                "`#[idempotent]` handlers cannot take `self`: axum calls a handler without a value to call it on\nmake it an associated function, and extract what `self` held, e.g. with `State(app): State<App>`",
+            ),
+            FnArg::Typed(typed) => {
+                if let Some(span) = impl_trait_span(&typed.ty) {
+                    errors.error(
+                        span,
+                        "`#[idempotent]` handlers cannot take `impl Trait` arguments: axum needs each extractor's type\nname the extractor type",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(extra) = sig.inputs.iter().nth(MAX_EXTRACTORS) {
+        errors.error(
+            extra.span(),
+            format!(
+                "this handler takes {} arguments, but axum handlers take at most {MAX_EXTRACTORS}\ngroup some of them in a tuple, like `(method, headers): (Method, HeaderMap)`, which is an extractor too",
+                sig.inputs.len()
+            ),
+        );
+    }
+    check_body_last(func, errors);
+}
+
+/// Only the last argument may consume the body (`Json`, `String`, `Bytes`, ...): axum
+/// hands the body to the last extractor and only the request head to the others.
+fn check_body_last(func: &ItemFn, errors: &mut Errors) {
+    let types = arg_types(func);
+    let Some((_, before_last)) = types.split_last() else {
+        return;
+    };
+    for ty in before_last {
+        if let Some(name) = body_extractor(ty) {
+            errors.error(
+                ty.span(),
+                format!(
+                    "`{name}` consumes the request body, so it must be the last argument\nmove it after the other arguments; a handler has at most one argument that reads the body"
+                ),
+            );
+        }
+    }
+}
+
+/// Arguments that need something of the handler's signature.
+pub(crate) fn check_args_against_signature(args: &Args, func: &ItemFn, errors: &mut Errors) {
+    if let Some(key) = &args.key
+        && let KeyArg::Json(pointer) = &key.value
+    {
+        let last = arg_types(func).last().and_then(|ty| extractor_name(ty));
+        if last.as_deref() != Some("Json") {
+            errors.error(
+                key.span,
+                format!(
+                    "`key = json(\"{pointer}\")` reads the key from a JSON body, but this handler takes no `Json<_>` body\nadd a `Json<T>` argument last, or read the key from elsewhere, e.g. `key = header(\"Idempotency-Key\")`"
+                ),
+            );
+        }
+    }
+}
+
+/// The types of the handler's arguments, in order.
+pub(crate) fn arg_types(func: &ItemFn) -> Vec<&Type> {
+    func.sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(typed) => Some(&*typed.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .collect()
+}
+
+/// The last segment's name of a type path (`Json` for `axum::Json<Order>`).
+fn type_name(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Path(path) => path.path.segments.last().map(|s| s.ident.to_string()),
+        Type::Paren(inner) => type_name(&inner.elem),
+        Type::Group(inner) => type_name(&inner.elem),
+        _ => None,
+    }
+}
+
+/// The name of an extractor type, looking through `Option<_>` and `Result<_, _>`, which
+/// extract what they wrap (`Json` for `Option<Json<Event>>`).
+fn extractor_name(ty: &Type) -> Option<String> {
+    let name = type_name(ty)?;
+    if name != "Option" && name != "Result" {
+        return Some(name);
+    }
+    let Type::Path(path) = ty else { return None };
+    let syn::PathArguments::AngleBracketed(generics) = &path.path.segments.last()?.arguments else {
+        return None;
+    };
+    match generics.args.first()? {
+        syn::GenericArgument::Type(inner) => extractor_name(inner),
+        _ => None,
+    }
+}
+
+/// The name of an extractor that consumes the request body.
+fn body_extractor(ty: &Type) -> Option<String> {
+    extractor_name(ty).filter(|name| BODY_EXTRACTORS.contains(&name.as_str()))
+}
+
+/// The span of the first `impl` keyword in a type, if any.
+fn impl_trait_span(ty: &Type) -> Option<Span> {
+    fn find(tokens: proc_macro2::TokenStream) -> Option<Span> {
+        tokens.into_iter().find_map(|token| match token {
+            proc_macro2::TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+            proc_macro2::TokenTree::Group(group) => find(group.stream()),
+            _ => None,
+        })
+    }
+    find(ty.to_token_stream())
+}

@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent(key = header("Request Id"))]
+async fn create() {}
+
+fn main() {}

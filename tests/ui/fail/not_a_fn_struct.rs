@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent]
+pub struct Order;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent(scope)]
+async fn create() {}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use idempotent_runtime::idempotent;
+
+struct Orders;
+
+impl Orders {
+    #[idempotent]
+    async fn create(&self) {}
+}
+
+fn main() {}

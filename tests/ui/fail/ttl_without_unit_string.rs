@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent(ttl = "10")]
+async fn create() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent(ttl = "0s")]
+async fn create() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use idempotent_runtime::idempotent;
+
+#[idempotent(cache = true)]
+async fn create() {}
+
+fn main() {}

@@ -1,0 +1,101 @@
+//! The expansion only names `::idempotent_runtime::__private` paths and internal names
+//! the user cannot see: shadowing the prelude and axum's names changes nothing, and it
+//! is warning-free under strict lints.
+
+#![deny(warnings, unused_qualifications, dead_code, missing_docs, unused_results)]
+#![deny(unreachable_pub, unused_extern_crates, single_use_lifetimes, trivial_casts)]
+
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Json, Router, routing::post};
+use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+
+/// Shadows `core::result::Result`.
+type Result<T> = core::result::Result<T, MyError>;
+/// Shadows `axum::response::Response`.
+type Response = String;
+/// Shadows `axum::extract::Request`.
+struct Request;
+/// Shadows `Option`, `Some` and `None`.
+enum Option {
+    /// Shadows `Some`.
+    Some,
+    /// Shadows `None`.
+    None,
+}
+/// Shadows `Clone`.
+trait Clone {}
+/// Shadows `Send`.
+trait Send {}
+/// Shadows `Sync`.
+trait Sync {}
+impl Clone for Request {}
+impl Send for Request {}
+impl Sync for Request {}
+/// Shadows `core::time::Duration`.
+struct Duration;
+/// Shadows the protocol's names.
+struct Endpoint;
+/// Shadows the macro's generic parameter.
+#[allow(non_camel_case_types)]
+struct __S;
+
+/// The user's error type.
+#[derive(Debug)]
+struct MyError;
+
+impl IntoResponse for MyError {
+    fn into_response(self) -> axum::response::Response {
+        StatusCode::BAD_REQUEST.into_response()
+    }
+}
+
+/// The router state.
+#[derive(core::clone::Clone, axum::extract::FromRef)]
+struct AppState {
+    count: u32,
+    idempotency: Idempotency,
+}
+
+/// A handler using the shadowed names itself.
+#[idempotent(ttl = "1h", lease = "10s", key = header("X-Request-Id"), required)]
+async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response> {
+    #![allow(clippy::needless_return)]
+    let _ = (Request, Option::Some, Option::None, Duration, Endpoint, __S);
+    if n == 0 {
+        return Err(MyError);
+    }
+    Ok(format!("{}", count + n))
+}
+
+/// A handler with no arguments.
+#[idempotent(scope = header("Authorization"), store = "2xx,4xx", fingerprint = none)]
+async fn ping() -> &'static str {
+    "pong"
+}
+
+/// Uses the imports, which `unused_qualifications` compares the expansion with.
+fn uses<S: core::marker::Send + core::marker::Sync>()
+where
+    Json<u32>: FromRequest<S>,
+    State<u32>: FromRequestParts<S>,
+{
+}
+
+/// Uses the shadowing traits.
+fn shadows<T: Clone + Send + Sync>() {}
+
+fn main() {
+    uses::<AppState>();
+    shadows::<Request>();
+    let state = AppState {
+        count: 1,
+        idempotency: Idempotency::new(MemoryStore::new()),
+    };
+    let _ = state.count;
+    let _app: Router = Router::new()
+        .route("/create", post(create))
+        .route("/ping", post(ping))
+        .with_state(state);
+}
