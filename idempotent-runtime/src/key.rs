@@ -214,13 +214,7 @@ pub fn namespace(method: &str, path: &str, scope: Option<&str>, key: &str) -> St
         hasher.update(part.as_bytes());
     }
     hasher.update([u8::from(scope.is_some())]);
-    let digest = hasher.finalize();
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        use fmt::Write;
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    crate::fingerprint::hex(&hasher.finalize())
 }
 
 /// A deterministic key for one operation on one entity: for clients that must keep the
@@ -259,10 +253,7 @@ pub fn derive<K: AsRef<str>, V: AsRef<str>>(
         part(name.as_ref());
         part(value.as_ref());
     }
-    hasher.finalize()[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::fingerprint::hex(&hasher.finalize()[..16])
 }
 
 #[cfg(test)]

@@ -160,7 +160,10 @@ where
             policy: endpoint.policy,
         };
         // The client may be gone; the work is done either way.
-        let _ = reply.send(run.execute(handler.call(request, state)).await);
+        // Boxed: this task's future would otherwise reserve room for the handler's
+        // (often kilobytes) even when it only replays, and spawning moves all of it.
+        let handler = Box::pin(handler.call(request, state));
+        let _ = reply.send(run.execute(handler).await);
     });
     match answer.await {
         Ok(response) => response,

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -115,7 +116,8 @@ impl StoredHeaders {
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     status: StatusCode,
-    headers: HeaderMap,
+    /// Shared, so that a store keeping the response in memory clones it for free.
+    headers: Arc<HeaderMap>,
     body: Bytes,
 }
 
@@ -151,7 +153,7 @@ impl StoredResponse {
         }
         Self {
             status,
-            headers,
+            headers: Arc::new(headers),
             body,
         }
     }
@@ -178,18 +180,18 @@ impl StoredResponse {
             .iter()
             .map(|(n, v)| 6 + n.as_str().len() + v.len())
             .sum();
-        let mut out = BytesMut::with_capacity(10 + headers_len + self.body.len());
+        let mut out = Vec::with_capacity(10 + headers_len + self.body.len());
         out.put_slice(MAGIC);
         out.put_u16(self.status.as_u16());
         out.put_u32(self.headers.len() as u32);
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             out.put_u16(name.as_str().len() as u16);
             out.put_slice(name.as_str().as_bytes());
             out.put_u32(value.len() as u32);
             out.put_slice(value.as_bytes());
         }
         out.put_slice(&self.body);
-        out.to_vec()
+        out
     }
 
     /// Reads back what [`to_bytes`](Self::to_bytes) wrote.
@@ -212,16 +214,16 @@ impl StoredResponse {
         }
         Ok(Self {
             status,
-            headers,
+            headers: Arc::new(headers),
             body: Bytes::copy_from_slice(buf),
         })
     }
 
     /// The response sent to a retry: the stored one plus `Idempotent-Replayed: true`.
-    pub fn replay(&self) -> Response {
-        let mut response = Response::new(Body::from(self.body.clone()));
+    pub fn replay(self) -> Response {
+        let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers.clone();
+        *response.headers_mut() = Arc::unwrap_or_clone(self.headers);
         response
             .headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));

@@ -68,9 +68,11 @@ impl Default for Inner {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<String, Entry>,
+    /// The key is shared with its deadlines, so that renewing or completing an entry
+    /// allocates nothing.
+    entries: HashMap<Arc<str>, Entry>,
     /// Deadlines in order; stale ones (the entry was renewed or replaced) are skipped.
-    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
 }
 
 struct Entry {
@@ -118,8 +120,12 @@ impl Shard {
         removed
     }
 
+    /// Schedules the removal of `key`'s entry at `deadline`, sharing its stored key.
     fn set_deadline(&mut self, key: &str, deadline: Instant) {
-        self.deadlines.push(Reverse((deadline, key.to_owned())));
+        if let Some((key, _)) = self.entries.get_key_value(key) {
+            let key = Arc::clone(key);
+            self.deadlines.push(Reverse((deadline, key)));
+        }
     }
 
     /// The entry under `key` if it is live and in flight under `token`.
@@ -168,10 +174,11 @@ impl MemoryStore {
             .sum()
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+    /// The shard holding `key`, its expired entries swept as of `now`.
+    fn shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
         let index = self.inner.hasher.hash_one(key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[index]);
-        shard.sweep(Instant::now(), SWEEP_BATCH);
+        shard.sweep(now, SWEEP_BATCH);
         shard
     }
 }
@@ -190,14 +197,14 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key);
+        let mut shard = self.shard(key, now);
         let claim = match shard.entries.get(key).filter(|e| e.deadline > now) {
             Some(entry) => Claim::Existing(entry.record(now)),
             None => {
                 let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
                 let deadline = now + lease;
                 shard.entries.insert(
-                    key.to_owned(),
+                    Arc::from(key),
                     Entry {
                         fingerprint,
                         token,
@@ -219,7 +226,7 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key);
+        let mut shard = self.shard(key, now);
         let renewed = match shard.owned(key, token, now) {
             Some(entry) => {
                 entry.deadline = now + lease;
@@ -241,7 +248,7 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key);
+        let mut shard = self.shard(key, now);
         let completed = match shard.owned(key, token, now) {
             Some(entry) => {
                 entry.deadline = now + ttl;
@@ -262,7 +269,7 @@ impl Store for MemoryStore {
         token: FencingToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key);
+        let mut shard = self.shard(key, now);
         let released = shard.owned(key, token, now).is_some();
         if released {
             shard.entries.remove(key);
@@ -272,7 +279,7 @@ impl Store for MemoryStore {
 
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let now = Instant::now();
-        let shard = self.shard(key);
+        let shard = self.shard(key, now);
         let record = shard
             .entries
             .get(key)
