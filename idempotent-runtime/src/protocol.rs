@@ -513,6 +513,9 @@ impl Execution {
     pub(crate) async fn guard<F: Future>(&self, work: F) -> std::thread::Result<F::Output> {
         let mut work = std::pin::pin!(AssertUnwindSafe(work).catch_unwind());
         tokio::select! {
+            // The work first: one that is done on its first poll never arms the
+            // renewal timer.
+            biased;
             outcome = &mut work => outcome,
             () = self.renew_while_running() => work.await,
         }

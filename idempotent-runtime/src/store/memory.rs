@@ -25,7 +25,9 @@ use crate::{Fingerprint, StoredResponse};
 /// How many expired entries one operation removes at most.
 pub const SWEEP_BATCH: usize = 32;
 
-const SHARDS: usize = 16;
+/// Many shards keep each map small: a map that grows doubles and rehashes under its
+/// lock, and with a day's TTL a busy service holds millions of records.
+const SHARDS: usize = 128;
 
 /// The embedded in-process store.
 ///
