@@ -479,3 +479,75 @@ fn a_postgres_url_without_the_postgres_feature_names_the_feature() {
     assert!(err.contains("--features postgres"), "{err}");
     assert!(!err.contains("secret"), "the password is not shown: {err}");
 }
+
+/// Two replicas of the example, each with its own connection to one shared store, as
+/// `orders --store URL` on two ports would be: a storm spread over both creates one
+/// order, and either replays it.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn two_replicas_share_the_keys(url: &str, schema: &str) {
+    let store = store::StoreUrl::parse(url).unwrap();
+    let (mut addrs, mut replicas, mut opened) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let open = store.open(schema).await.unwrap();
+        let orders = Orders::new(Duration::from_millis(300));
+        addrs.push(serve(app::router(orders.clone(), open.idempotency.clone())).await);
+        replicas.push(orders);
+        opened.push(open);
+    }
+    let client = reqwest::Client::new();
+    let key = format!(
+        "replicas-{:016x}",
+        idempotent_runtime::FencingToken::random().0
+    );
+    let body = order("book", 1);
+    let answers =
+        futures::future::join_all((0..40).map(|i| http_create(&client, addrs[i % 2], &key, &body)))
+            .await;
+    let created = answers
+        .iter()
+        .filter(|(status, headers, _)| {
+            *status == StatusCode::CREATED && !headers.contains_key("idempotent-replayed")
+        })
+        .count();
+    assert_eq!(created, 1, "one order across both replicas");
+    for (status, _, _) in &answers {
+        assert!(matches!(
+            *status,
+            StatusCode::CREATED | StatusCode::CONFLICT
+        ));
+    }
+    let executions: u64 = replicas.iter().map(Orders::executions).sum();
+    assert_eq!(executions, 1);
+    for addr in &addrs {
+        let (status, headers, _) = http_create(&client, *addr, &key, &body).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(headers["idempotent-replayed"], "true", "{addr} replays");
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_over_redis_create_one_order() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    two_replicas_share_the_keys(&url, "unused").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_over_postgres_create_one_order() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!(
+        "orders_test_{:016x}",
+        idempotent_runtime::FencingToken::random().0
+    );
+    two_replicas_share_the_keys(&url, &schema).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // The schema name is ours: hex digits after a fixed prefix.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"DROP SCHEMA "{schema}" CASCADE"#
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+}
