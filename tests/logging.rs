@@ -45,6 +45,11 @@ async fn answer(body: String) -> StatusCode {
         .unwrap_or(StatusCode::OK)
 }
 
+#[idempotent(required)]
+async fn answer_required() -> StatusCode {
+    StatusCode::OK
+}
+
 async fn send(app: &Router, key: &str, body: &'static str) -> StatusCode {
     let request = Request::post("/")
         .header("idempotency-key", key)
@@ -93,6 +98,22 @@ async fn every_outcome_is_logged_without_the_raw_key() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(send(&app, slow, "200 300").await, StatusCode::CONFLICT);
     assert_eq!(first.await.expect("first"), StatusCode::OK);
+    let small = Router::new()
+        .route("/", post(answer))
+        .with_state(Idempotency::new(MemoryStore::new()).with_body_limit(2));
+    assert_eq!(
+        send(&small, key, "201").await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let no_key = Request::post("/")
+        .body(Body::from("201"))
+        .expect("a valid request");
+    let required = Router::new()
+        .route("/", post(answer_required))
+        .with_state(Idempotency::new(MemoryStore::new()));
+    let status = required.oneshot(no_key).await.expect("infallible").status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(send(&app, "bad key", "201").await, StatusCode::BAD_REQUEST);
     let broken = Router::new().route("/", post(answer)).with_state(
         Idempotency::new(Broken::Failing).with_store_timeout(Duration::from_millis(50)),
     );
@@ -110,6 +131,9 @@ async fn every_outcome_is_logged_without_the_raw_key() {
         "released",
         "conflict: request in flight",
         "idempotency store unavailable",
+        "request rejected: body too large",
+        "request rejected: no idempotency key",
+        "request rejected: invalid idempotency key",
     ] {
         assert!(logs.contains(outcome), "no `{outcome}` event in:\n{logs}");
     }

@@ -300,6 +300,7 @@ fn hash_header(parts: &Parts, name: &str) -> String {
 
 async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Problem> {
     let too_large = || {
+        tracing::info!(target: TARGET, limit, "request rejected: body too large");
         Problem::new(
             ProblemKind::BodyTooLarge,
             format!("the request body is larger than {limit} bytes"),
