@@ -18,6 +18,12 @@
 /// let policy = StatusPolicy::classes(&[2, 4]);
 /// assert!(policy.stores(404));
 /// assert!(!policy.stores(429), "429 is never stored by a class");
+///
+/// // Said explicitly: every server error, and 429 by its code.
+/// let policy = StatusPolicy::classes(&[2, 5]).with_codes(&[429]);
+/// assert!(policy.stores(503));
+/// assert!(policy.stores(429));
+/// assert!(!policy.stores(408));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusPolicy {
