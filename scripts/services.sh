@@ -2,6 +2,7 @@
 # Makes sure the servers the tests talk to are running on loopback: Redis on 6379 and
 # Postgres on 5432 (user postgres, trust auth, database `test`). Starts them if they are
 # stopped, installs them with apt-get if they are missing, and fails loudly otherwise.
+# Also installs nats-server, which the queue-consumer test starts privately.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -66,6 +67,12 @@ ensure_postgres() {
     wait_for postgres pg_up || { log "FATAL: cannot log in to Postgres as postgres@127.0.0.1/test"; exit 1; }
 }
 
+ensure_nats() {
+    command -v nats-server >/dev/null || apt_install nats-server
+    command -v nats-server >/dev/null || { log "FATAL: nats-server is not installed"; exit 1; }
+}
+
 ensure_redis
 ensure_postgres
-log "redis and postgres are up"
+ensure_nats
+log "redis and postgres are up; nats-server is installed"

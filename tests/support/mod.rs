@@ -8,6 +8,7 @@
 pub mod broken;
 pub mod counting;
 pub mod flaky;
+pub mod nats_server;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

@@ -16,7 +16,7 @@ pub fn shared_url() -> String {
 
 /// A port on which nothing listens now, chosen so that `port + 10000` (a Cluster node's
 /// bus port) is free too.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let port = 15_000 + (random_u64() % 15_000) as u16;
         let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
     panic!("no free loopback port pair found");
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "idempotent-{name}-{}-{:016x}",
         std::process::id(),
@@ -52,7 +52,7 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 /// Polls `check` every 50 ms until it holds; false if it still does not after `within`.
-fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check() {
