@@ -1,7 +1,10 @@
 //! The cost of `#[idempotent]` on the memory store, against the same handler without it.
 //!
 //! One group, `memory`, three measurements of a whole request through `Router` and
-//! `oneshot` (JSON body in, JSON `201` out, body read to the end):
+//! `oneshot` (JSON body in, JSON `201` out, body read to the end), on the handler and
+//! routes of the `bench_server` example, which the HTTP load test (`scripts/load.sh`)
+//! serves; its attributed route keeps responses for 24 h, as a service would, so the
+//! store grows over a run:
 //!
 //! - `bare`: the handler without the attribute;
 //! - `first_execution`: with the attribute, a new key every iteration (claim, run,
@@ -13,78 +16,24 @@
 //! `cargo bench --bench memory` (or `-- --quick` for a rough figure).
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRef, State};
 use axum::http::{Request, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
-use serde::{Deserialize, Serialize};
+use idempotent_runtime::{Idempotency, MemoryStore};
 use tower::ServiceExt;
 
-#[derive(Clone, Default)]
-struct Runs(Arc<AtomicU64>);
-
-#[derive(Clone, FromRef)]
-struct AppState {
-    runs: Runs,
-    idempotency: Idempotency,
-}
-
-#[derive(Deserialize)]
-struct NewOrder {
-    item: String,
-    qty: i64,
-}
-
-#[derive(Serialize)]
-struct Created {
-    item: String,
-    order_id: u64,
-    qty: i64,
-    status: &'static str,
-}
-
-async fn create(
-    State(runs): State<Runs>,
-    Json(order): Json<NewOrder>,
-) -> (StatusCode, Json<Created>) {
-    let order_id = runs.0.fetch_add(1, Ordering::Relaxed) + 1;
-    let created = Created {
-        item: order.item,
-        order_id,
-        qty: order.qty,
-        status: "created",
-    };
-    (StatusCode::CREATED, Json(created))
-}
-
-// A short TTL keeps the store at a steady size over millions of new keys, the way a
-// long-running service's store is, with the expiry sweep included in the measurement.
-#[idempotent(ttl = "10s", key = header, required)]
-async fn create_idempotent(
-    runs: State<Runs>,
-    order: Json<NewOrder>,
-) -> (StatusCode, Json<Created>) {
-    create(runs, order).await
-}
+// The handler and router of the load test, so that both measure the same code.
+// `main` and the environment handling are not used here.
+#[allow(dead_code)]
+#[path = "../examples/bench_server.rs"]
+mod bench_server;
 
 fn app(idempotent: bool) -> Router {
-    let state = AppState {
-        runs: Runs::default(),
-        idempotency: Idempotency::new(MemoryStore::new()),
-    };
-    let route = if idempotent {
-        post(create_idempotent)
-    } else {
-        post(create)
-    };
-    Router::new().route("/orders", route).with_state(state)
+    bench_server::router(idempotent.then(|| Idempotency::new(MemoryStore::new())))
 }
 
 fn request(key: u64) -> Request<Body> {
