@@ -12,7 +12,29 @@ use proc_macro::TokenStream;
 
 /// Runs an Axum handler at most once per idempotency key.
 ///
-/// See the `idempotent-runtime` crate for the arguments and the protocol.
+/// A retry gets the stored response replayed (`Idempotent-Replayed: true`), a concurrent
+/// duplicate gets `409`, the same key with a different body gets `422`. The handler is
+/// left as written and is used like any other (`post(create_order)`); the router state
+/// must hold an `Idempotency` (the whole state, or a field reached through `FromRef`).
+///
+/// ```text
+/// #[idempotent(ttl = "24h", key = header, required)]
+/// async fn create_order(State(db): State<Db>, Json(order): Json<OrderCreate>) -> impl IntoResponse
+/// ```
+///
+/// | argument | example | meaning |
+/// | --- | --- | --- |
+/// | `ttl` | `ttl = "24h"` | how long the response is kept (default: the app's, 24 h) |
+/// | `lease` | `lease = "30s"` | how long a crashed owner's claim blocks the key (default: the app's, 60 s) |
+/// | `key` | `key = header`, `header("X-Request-Id")`, `query("k")`, `json("/event/id")`, `body` | where the key comes from (default: the `Idempotency-Key` header) |
+/// | `required` | `required` | a request without a key gets `400` instead of running unprotected |
+/// | `scope` | `scope = header("Authorization")`, `scope = Tenant` | the caller's identity, folded into the key: multi-tenant APIs must set it |
+/// | `store` | `store = "2xx,4xx"` | which statuses are stored (default `2xx`) |
+/// | `fingerprint` | `fingerprint = exclude("/sent_at")`, `none` | what makes "the same request" (default: the body, canonical JSON) |
+///
+/// Every argument has a runnable example in the `idempotent-runtime` crate docs, which
+/// also describe the protocol and the stores. Mistakes are compile errors at the
+/// argument, with the fix.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(args.into(), item.into()).into()
