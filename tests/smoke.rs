@@ -61,7 +61,6 @@ async fn smoke() {
             .body(axum::body::Body::from(r#"{"qty":2}"#))
             .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
-        println!("{:?}", resp);
         assert_eq!(resp.status(), 201);
     }
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
