@@ -159,10 +159,10 @@ where
             token,
             policy: endpoint.policy,
         };
-        // The client may be gone; the work is done either way.
         // Boxed: this task's future would otherwise reserve room for the handler's
         // (often kilobytes) even when it only replays, and spawning moves all of it.
         let handler = Box::pin(handler.call(request, state));
+        // The client may be gone; the work is done either way.
         let _ = reply.send(run.execute(handler).await);
     });
     match answer.await {

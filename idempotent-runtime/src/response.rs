@@ -151,6 +151,12 @@ impl StoredResponse {
         for name in &NEVER_STORED {
             headers.remove(name);
         }
+        Self::kept(status, headers, body)
+    }
+
+    /// A response whose headers were already chosen by [`StoredHeaders::filter`], which
+    /// leaves out the never-stored ones.
+    fn kept(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
         Self {
             status,
             headers: Arc::new(headers),
@@ -297,7 +303,7 @@ pub(crate) async fn capture(
             joined.freeze()
         }
     };
-    let stored = StoredResponse::new(
+    let stored = StoredResponse::kept(
         parts.status,
         stored_headers.filter(&parts.headers),
         body.clone(),

@@ -122,7 +122,7 @@ impl Shard {
         removed
     }
 
-    /// Schedules the removal of `key`'s entry at `deadline`, sharing its stored key.
+    /// Reschedules the removal of `key`'s entry to `deadline`, sharing its stored key.
     fn set_deadline(&mut self, key: &str, deadline: Instant) {
         if let Some((key, _)) = self.entries.get_key_value(key) {
             let key = Arc::clone(key);
@@ -205,8 +205,10 @@ impl Store for MemoryStore {
             None => {
                 let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
                 let deadline = now + lease;
+                let key: Arc<str> = Arc::from(key);
+                shard.deadlines.push(Reverse((deadline, Arc::clone(&key))));
                 shard.entries.insert(
-                    Arc::from(key),
+                    key,
                     Entry {
                         fingerprint,
                         token,
@@ -214,7 +216,6 @@ impl Store for MemoryStore {
                         response: None,
                     },
                 );
-                shard.set_deadline(key, deadline);
                 Claim::Acquired(token)
             }
         };
