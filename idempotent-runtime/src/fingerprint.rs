@@ -84,10 +84,14 @@ impl Fingerprint {
     pub fn of_json(value: &Value) -> Self {
         let mut canonical = Vec::with_capacity(128);
         write_canonical(value, &mut canonical);
+        Self::of_canonical(&canonical)
+    }
+
+    fn of_canonical(canonical: &[u8]) -> Self {
         Self(
             Sha256::new()
                 .chain_update(b"json\0")
-                .chain_update(&canonical)
+                .chain_update(canonical)
                 .finalize()
                 .into(),
         )
@@ -96,6 +100,9 @@ impl Fingerprint {
     /// The digest of a JSON document in canonical form, with the fields at the given
     /// JSON pointers left out; `None` if the bytes are not JSON.
     pub fn of_json_bytes(bytes: &[u8], exclude: &[&str]) -> Option<Self> {
+        if exclude.is_empty() && is_canonical(bytes) {
+            return Some(Self::of_canonical(bytes));
+        }
         let mut value: Value = serde_json::from_slice(bytes).ok()?;
         for pointer in exclude {
             remove_pointer(&mut value, pointer);
@@ -218,6 +225,139 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Whether `bytes` is already the canonical form of a JSON document, which is then hashed
+/// as it is: most clients send compact JSON, and for a body in this form building a
+/// `serde_json::Value` only to write the same bytes back was most of a replay's cost.
+///
+/// Conservative: `true` only for a document that [`write_canonical`] would reproduce byte
+/// for byte. That is no whitespace, object keys in strictly increasing byte order,
+/// strings without escapes or control characters, integers of at most 18 digits (no
+/// `-0`), and nesting well within `serde_json`'s limit. Anything else, valid or not, takes
+/// the general path, which decides.
+fn is_canonical(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_err() {
+        return false;
+    }
+    let mut scan = Scan { bytes, pos: 0 };
+    scan.value(0) && scan.pos == bytes.len()
+}
+
+/// Nesting past this takes the general path (`serde_json` stops at 128).
+const MAX_DEPTH: u32 = 64;
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let found = self.peek() == Some(byte);
+        self.pos += usize::from(found);
+        found
+    }
+
+    fn value(&mut self, depth: u32) -> bool {
+        match self.peek() {
+            Some(b'{') => depth < MAX_DEPTH && self.object(depth + 1),
+            Some(b'[') => depth < MAX_DEPTH && self.array(depth + 1),
+            Some(b'"') => self.string().is_some(),
+            Some(b'-' | b'0'..=b'9') => self.integer(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => false,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let found = self.bytes[self.pos..].starts_with(word);
+        self.pos += if found { word.len() } else { 0 };
+        found
+    }
+
+    fn object(&mut self, depth: u32) -> bool {
+        self.pos += 1;
+        if self.eat(b'}') {
+            return true;
+        }
+        let mut previous: Option<&'a [u8]> = None;
+        loop {
+            let Some(key) = self.string() else {
+                return false;
+            };
+            if previous.is_some_and(|previous| previous >= key) {
+                return false;
+            }
+            previous = Some(key);
+            if !self.eat(b':') || !self.value(depth) {
+                return false;
+            }
+            if self.eat(b'}') {
+                return true;
+            }
+            if !self.eat(b',') {
+                return false;
+            }
+        }
+    }
+
+    fn array(&mut self, depth: u32) -> bool {
+        self.pos += 1;
+        if self.eat(b']') {
+            return true;
+        }
+        loop {
+            if !self.value(depth) {
+                return false;
+            }
+            if self.eat(b']') {
+                return true;
+            }
+            if !self.eat(b',') {
+                return false;
+            }
+        }
+    }
+
+    /// A string without escapes or control characters; its contents.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.pos;
+        let len = self.bytes[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        self.pos = start + len;
+        self.eat(b'"').then(|| &self.bytes[start..start + len])
+    }
+
+    /// An integer `serde_json` reads as `u64` or `i64` and writes back unchanged.
+    fn integer(&mut self) -> bool {
+        let negative = self.eat(b'-');
+        let start = self.pos;
+        let digits = self.bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        self.pos += digits;
+        let leading_zero = self.bytes.get(start) == Some(&b'0');
+        let well_formed = match (digits, leading_zero) {
+            (0, _) => false,
+            (1, true) => !negative,
+            (_, true) => false,
+            (n, false) => n <= 18,
+        };
+        // A fraction or an exponent: not an integer, the general path decides.
+        well_formed && !matches!(self.peek(), Some(b'.' | b'e' | b'E'))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +370,135 @@ mod tests {
             &[],
         );
         assert_eq!(a, b);
+    }
+
+    /// The digest through `serde_json::Value`, bypassing the canonical-input shortcut.
+    fn through_value(bytes: &[u8]) -> Option<Fingerprint> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        Some(Fingerprint::of_json(&value))
+    }
+
+    #[test]
+    fn canonical_input_hashes_as_if_reserialised() {
+        let canonical: &[&[u8]] = &[
+            br#"{"item":"widget","qty":1}"#,
+            br#"{}"#,
+            br#"[]"#,
+            br#""""#,
+            br#"0"#,
+            br#"-7"#,
+            br#"123456789012345678"#,
+            br#"{"a":[true,false,null,{"b":"c"}],"b":{"":-1}}"#,
+            "{\"caf\u{e9}\":\"\u{1F600} \u{7f}\"}".as_bytes(),
+            br#"[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]"#,
+        ];
+        for bytes in canonical {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(is_canonical(bytes), "{text} is canonical");
+            assert_eq!(
+                Fingerprint::of_json_bytes(bytes, &[]),
+                through_value(bytes),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn anything_else_takes_the_general_path() {
+        let general: &[&[u8]] = &[
+            br#"{"qty":1,"item":"widget"}"#,
+            br#"{"a":1,"a":2}"#,
+            br#"{"a": 1}"#,
+            br#" {"a":1}"#,
+            br#"{"a":1} "#,
+            br#"{"a":"\u0041"}"#,
+            br#"{"a":"line\nbreak"}"#,
+            b"{\"a\":\"raw\ttab\"}",
+            br#"1.0"#,
+            br#"1e3"#,
+            br#"-0"#,
+            br#"01"#,
+            br#"12345678901234567890"#,
+            br#"-"#,
+            br#"{"a":1,}"#,
+            br#"[1,]"#,
+            br#"{"a"}"#,
+            br#"tru"#,
+            br#"nul"#,
+            b"{\"a\":\"\xff\"}",
+            b"",
+        ];
+        for bytes in general {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!is_canonical(bytes), "{text} is not taken as canonical");
+            assert_eq!(
+                Fingerprint::of_json_bytes(bytes, &[]),
+                through_value(bytes),
+                "{text}"
+            );
+        }
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(!is_canonical(deep.as_bytes()));
+        assert_eq!(Fingerprint::of_json_bytes(deep.as_bytes(), &[]), None);
+    }
+
+    /// Random documents, written canonically: whether or not the shortcut takes them,
+    /// the digest is the one of their value.
+    #[test]
+    fn random_documents_agree_with_their_values() {
+        fn next(state: &mut u64) -> u64 {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state
+        }
+        fn value(state: &mut u64, depth: u32) -> Value {
+            const WORDS: [&str; 7] = ["", "a", "b", "ab", "caf\u{e9}", "q\"uote", "tab\t"];
+            let word = |state: &mut u64| WORDS[(next(state) % 7) as usize].to_owned();
+            match next(state) % if depth > 4 { 6 } else { 8 } {
+                0 => Value::Null,
+                1 => Value::Bool(next(state).is_multiple_of(2)),
+                2 => Value::from(next(state) as i64 >> (next(state) % 64)),
+                3 => Value::from(next(state) >> (next(state) % 64)),
+                4 => Value::from((next(state) % 1000) as f64 / 8.0),
+                5 => Value::String(word(state)),
+                6 => (0..next(state) % 4)
+                    .map(|_| value(state, depth + 1))
+                    .collect(),
+                _ => Value::Object(
+                    (0..next(state) % 4)
+                        .map(|_| (word(state), value(state, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        let mut shortcuts = 0;
+        for _ in 0..5000 {
+            let value = value(&mut state, 0);
+            let mut bytes = Vec::new();
+            write_canonical(&value, &mut bytes);
+            shortcuts += usize::from(is_canonical(&bytes));
+            assert_eq!(
+                Fingerprint::of_json_bytes(&bytes, &[]),
+                Some(Fingerprint::of_json(&value)),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            // One byte changed: valid or not, canonical or not, the same as the value.
+            if !bytes.is_empty() {
+                const BYTES: &[u8] = b"{}[]\",: \\-.e0123456789ntf";
+                let at = (next(&mut state) % bytes.len() as u64) as usize;
+                bytes[at] = BYTES[(next(&mut state) % BYTES.len() as u64) as usize];
+                assert_eq!(
+                    Fingerprint::of_json_bytes(&bytes, &[]),
+                    through_value(&bytes),
+                    "{}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+        }
+        assert!(shortcuts > 1000, "the shortcut was taken {shortcuts} times");
     }
 
     #[test]
