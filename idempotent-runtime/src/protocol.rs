@@ -8,9 +8,10 @@
 //!    buffered body (413 past the limit), the fingerprint and the namespaced store key.
 //! 3. `claim`: one store operation; 409 in flight, 422 on a different fingerprint,
 //!    replay when completed, 503 when the store fails.
-//! 4. `execute`: the handler runs in its own task (a client that disconnects does not
-//!    cancel it), the lease is renewed while it runs, then the response is stored under
-//!    the claim's fencing token or the claim is released (status not stored, panic).
+//! 4. `execute`: the handler runs in a task of its own (a client that disconnects does
+//!    not cancel it; the task is spawned only if it has to wait, see `detach`), the lease
+//!    is renewed while it runs, then the response is stored under the claim's fencing
+//!    token or the claim is released (status not stored, panic).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -125,13 +126,13 @@ where
         Ok(Prepared::PassThrough(request)) => return handler.call(request, state).await,
         Err(problem) => return problem.into_response(),
     };
-    // Claim and handler run in a task of their own, so that a client that goes away
+    // Claim and handler run as a task of their own, so that a client that goes away
     // cancels neither a claim the store has already granted (the key would stay in flight
     // until its lease lapsed) nor the handler it protects: the retry then finds the
     // stored response instead of running the handler again. The task answers through a
     // channel, so it can answer first and tidy up after (see `claim`).
     let (reply, answer) = oneshot::channel();
-    tokio::spawn(async move {
+    let task = Box::pin(async move {
         let Claimable {
             request,
             key,
@@ -165,12 +166,32 @@ where
         // The client may be gone; the work is done either way.
         let _ = reply.send(run.execute(handler).await);
     });
+    detach(task).await;
     match answer.await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!(target: TARGET, "idempotent request task ended without an answer");
             Problem::new(ProblemKind::HandlerPanicked, "the request task failed").into_response()
         }
+    }
+}
+
+/// Runs `task` to completion whatever happens to the caller: its first poll happens
+/// here, and only if that leaves it unfinished is it spawned. A replay, a conflict, or a
+/// handler that needs no I/O (on a store that needs none, like the memory store) is then
+/// answered without a task switch, and a request is never cancelled between its claim
+/// and its record: the caller can only be dropped while awaiting, and by then the task is
+/// finished or spawned. A panic in the task (never the handler's, which `execute`
+/// catches) ends it without an answer, as it would end a spawned task.
+async fn detach(mut task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+            task.as_mut().poll(cx)
+        })))
+    })
+    .await;
+    if let Ok(std::task::Poll::Pending) = first {
+        tokio::spawn(task);
     }
 }
 
