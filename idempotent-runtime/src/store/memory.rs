@@ -6,13 +6,20 @@
 //! [`SWEEP_BATCH`] entries at a time), so memory is bounded by the live records, with no
 //! background task needed. [`MemoryStore::purge_expired`] sweeps everything at once.
 //!
+//! Removals are scheduled in one queue per duration (a lease, an endpoint's TTL): entries
+//! given the same duration expire in the order they were given it, so scheduling is a
+//! push at the back and sweeping a pop at the front, however many records are held. The
+//! first [`DURATION_QUEUES`] durations a shard sees get a queue; any further ones, which
+//! a service with a handful of endpoints never has, share a heap.
+//!
 //! Use it for a single replica, for tests, and as the default of the `orders` example.
 //! Several replicas need a shared store (Redis or Postgres).
 
+use foldhash::fast::RandomState;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::{Future, ready};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,6 +31,9 @@ use crate::{Fingerprint, StoredResponse};
 
 /// How many expired entries one operation removes at most.
 pub const SWEEP_BATCH: usize = 32;
+
+/// How many distinct durations get a removal queue of their own in each shard.
+pub const DURATION_QUEUES: usize = 8;
 
 /// Many shards keep each map small: a map that grows doubles and rehashes under its
 /// lock, and with a day's TTL a busy service holds millions of records.
@@ -62,7 +72,7 @@ impl Default for Inner {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             next_token: AtomicU64::new(1),
         }
     }
@@ -70,11 +80,52 @@ impl Default for Inner {
 
 #[derive(Default)]
 struct Shard {
-    /// The key is shared with its deadlines, so that renewing or completing an entry
-    /// allocates nothing.
-    entries: HashMap<Arc<str>, Entry>,
-    /// Deadlines in order; stale ones (the entry was renewed or replaced) are skipped.
-    deadlines: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    /// The key is shared with its scheduled removals, so that renewing or completing an
+    /// entry allocates nothing.
+    entries: HashMap<Arc<str>, Entry, RandomState>,
+    /// When to look at which key again; stale removals (the entry was renewed, completed
+    /// or replaced since) are skipped.
+    removals: Removals,
+}
+
+/// A key to look at again when its deadline has passed.
+type Removal = (Instant, Arc<str>);
+
+/// A shard's scheduled removals (see the module docs).
+#[derive(Default)]
+struct Removals {
+    /// One queue per duration, each in deadline order.
+    queues: Vec<(Duration, VecDeque<Removal>)>,
+    /// Removals with a duration that has no queue, in deadline order.
+    others: BinaryHeap<Reverse<Removal>>,
+}
+
+impl Removals {
+    fn schedule(&mut self, duration: Duration, deadline: Instant, key: Arc<str>) {
+        if let Some((_, queue)) = self.queues.iter_mut().find(|(d, _)| *d == duration) {
+            queue.push_back((deadline, key));
+        } else if self.queues.len() < DURATION_QUEUES {
+            self.queues
+                .push((duration, VecDeque::from([(deadline, key)])));
+        } else {
+            self.others.push(Reverse((deadline, key)));
+        }
+    }
+
+    /// The next removal due by `now`, if any.
+    fn next_due(&mut self, now: Instant) -> Option<Removal> {
+        for (_, queue) in &mut self.queues {
+            if queue.front().is_some_and(|(deadline, _)| *deadline <= now) {
+                return queue.pop_front();
+            }
+        }
+        match self.others.peek() {
+            Some(Reverse((deadline, _))) if *deadline <= now => {
+                self.others.pop().map(|Reverse(due)| due)
+            }
+            _ => None,
+        }
+    }
 }
 
 struct Entry {
@@ -103,11 +154,7 @@ impl Shard {
     fn sweep(&mut self, now: Instant, limit: usize) -> usize {
         let mut removed = 0;
         for _ in 0..limit {
-            match self.deadlines.peek() {
-                Some(Reverse((deadline, _))) if *deadline <= now => {}
-                _ => break,
-            }
-            let Some(Reverse((deadline, key))) = self.deadlines.pop() else {
+            let Some((deadline, key)) = self.removals.next_due(now) else {
                 break;
             };
             if self
@@ -122,11 +169,11 @@ impl Shard {
         removed
     }
 
-    /// Reschedules the removal of `key`'s entry to `deadline`, sharing its stored key.
-    fn set_deadline(&mut self, key: &str, deadline: Instant) {
+    /// Reschedules the removal of `key`'s entry to `now + duration`, sharing its stored key.
+    fn set_deadline(&mut self, key: &str, now: Instant, duration: Duration) {
         if let Some((key, _)) = self.entries.get_key_value(key) {
             let key = Arc::clone(key);
-            self.deadlines.push(Reverse((deadline, key)));
+            self.removals.schedule(duration, now + duration, key);
         }
     }
 
@@ -206,7 +253,7 @@ impl Store for MemoryStore {
                 let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
                 let deadline = now + lease;
                 let key: Arc<str> = Arc::from(key);
-                shard.deadlines.push(Reverse((deadline, Arc::clone(&key))));
+                shard.removals.schedule(lease, deadline, Arc::clone(&key));
                 shard.entries.insert(
                     key,
                     Entry {
@@ -238,7 +285,7 @@ impl Store for MemoryStore {
             None => false,
         };
         if renewed {
-            shard.set_deadline(key, now + lease);
+            shard.set_deadline(key, now, lease);
         }
         ready(Ok(renewed))
     }
@@ -261,7 +308,7 @@ impl Store for MemoryStore {
             None => false,
         };
         if completed {
-            shard.set_deadline(key, now + ttl);
+            shard.set_deadline(key, now, ttl);
         }
         ready(Ok(completed))
     }
@@ -315,6 +362,54 @@ mod tests {
         let left = store.len();
         assert!(left < 1000, "sweeping made no progress: {left}");
         assert_eq!(store.purge_expired(), left);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_duration_is_swept_in_time_queued_or_not() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"x");
+        // More distinct durations than get a queue, longest first, so that a queue
+        // ordered by scheduling alone would hold the short ones back.
+        let durations = DURATION_QUEUES as u64 * 2;
+        for i in 0..durations {
+            let lease = Duration::from_secs(durations - i);
+            store.claim(&format!("k{i}"), fp, lease).await.unwrap();
+        }
+        for elapsed in 1..=durations {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(store.purge_expired(), 1, "after {elapsed} s");
+            assert_eq!(store.len() as u64, durations - elapsed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_entry_lives_its_ttl_not_its_lease() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"x");
+        let Claim::Acquired(token) = store.claim("k", fp, Duration::from_secs(1)).await.unwrap()
+        else {
+            panic!("a new key is acquired");
+        };
+        let response = StoredResponse::new(
+            http::StatusCode::CREATED,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"done"),
+        );
+        assert!(
+            store
+                .complete("k", token, &response, Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(store.purge_expired(), 0, "the lease's removal is stale");
+        assert!(matches!(
+            store.lookup("k").await.unwrap(),
+            Some(Record::Completed { .. })
+        ));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(store.purge_expired(), 1);
         assert!(store.is_empty());
     }
 }
