@@ -195,6 +195,21 @@ async fn detach(mut task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
     }
 }
 
+/// `future`, given up after `limit`. A future that is ready on its first poll (every
+/// operation of the memory store) arms no timer: creating and dropping one takes the
+/// timer driver's lock, a cost that showed on every request.
+pub(crate) async fn within<F: Future>(
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => tokio::time::timeout(limit, future).await,
+    }
+}
+
 /// Step 1: safe methods are idempotent already.
 pub(crate) fn passes_through(method: &Method) -> bool {
     matches!(
@@ -383,7 +398,7 @@ pub(crate) async fn decide<'a>(
     lease: Duration,
 ) -> Decision<'a> {
     let mut pending = idempotency.store().claim(key, fingerprint, lease);
-    match tokio::time::timeout(idempotency.store_timeout(), &mut pending).await {
+    match within(idempotency.store_timeout(), &mut pending).await {
         Ok(Ok(claim)) => Decision::Decided(claim),
         Ok(Err(err)) => Decision::Failed(err),
         Err(_) => Decision::Late(pending),
@@ -636,7 +651,7 @@ where
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(25);
     for attempt in 1..=SETTLE_ATTEMPTS {
-        match tokio::time::timeout(idempotency.store_timeout(), op()).await {
+        match within(idempotency.store_timeout(), op()).await {
             Ok(Ok(done)) => return Some(done),
             Ok(Err(err)) => {
                 tracing::warn!(target: TARGET, key = short(key), attempt, error = %err, "{what} failed");
