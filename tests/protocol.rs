@@ -533,6 +533,17 @@ async fn a_store_that_fails_or_hangs_gets_503_and_runs_nothing() {
 }
 
 #[tokio::test]
+async fn a_store_that_panics_gets_500_and_runs_nothing() {
+    let (app, runs) = app_with(Idempotency::new(Broken::Panicking));
+    for _ in 0..2 {
+        let answer = send(&app, post_with("/create", "k", "x")).await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.problem_type(), "handler-panicked");
+    }
+    assert_eq!(runs.get(), 0, "never execute without a claim");
+}
+
+#[tokio::test]
 async fn the_app_chooses_which_headers_are_replayed() {
     use axum::http::HeaderName;
     use idempotent_runtime::response::StoredHeaders;

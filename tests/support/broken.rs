@@ -1,5 +1,6 @@
-//! A store whose server is gone: every operation fails, or never answers. It stands in
-//! for a dead server in protocol tests; the stores' own outage tests use real servers.
+//! A store whose server is gone (every operation fails, or never answers) or whose code
+//! is wrong (every operation panics). It stands in for a dead server in protocol tests;
+//! the stores' own outage tests use real servers.
 
 use std::time::Duration;
 
@@ -7,13 +8,15 @@ use idempotent_runtime::{
     Claim, FencingToken, Fingerprint, Record, Store, StoreError, StoredResponse,
 };
 
-/// A store that fails every operation, or never answers.
+/// A store that fails every operation, never answers, or panics.
 #[derive(Clone, Copy)]
 pub enum Broken {
     /// Every operation fails at once.
     Failing,
     /// No operation ever completes.
     Hanging,
+    /// Every operation panics, as a buggy store of the user's own might.
+    Panicking,
 }
 
 impl Broken {
@@ -21,6 +24,7 @@ impl Broken {
         match self {
             Self::Failing => Err(StoreError::new("connection refused")),
             Self::Hanging => std::future::pending().await,
+            Self::Panicking => panic!("the store has a bug"),
         }
     }
 }
