@@ -101,7 +101,10 @@ struct Removals {
 }
 
 impl Removals {
-    fn schedule(&mut self, duration: Duration, deadline: Instant, key: Arc<str>) {
+    /// Schedules a look at `key` once `duration` has passed since `now`. The deadline is
+    /// derived here, so that each queue stays in order.
+    fn schedule(&mut self, now: Instant, duration: Duration, key: Arc<str>) {
+        let deadline = now + duration;
         if let Some((_, queue)) = self.queues.iter_mut().find(|(d, _)| *d == duration) {
             queue.push_back((deadline, key));
         } else if self.queues.len() < DURATION_QUEUES {
@@ -173,7 +176,7 @@ impl Shard {
     fn set_deadline(&mut self, key: &str, now: Instant, duration: Duration) {
         if let Some((key, _)) = self.entries.get_key_value(key) {
             let key = Arc::clone(key);
-            self.removals.schedule(duration, now + duration, key);
+            self.removals.schedule(now, duration, key);
         }
     }
 
@@ -253,7 +256,7 @@ impl Store for MemoryStore {
                 let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
                 let deadline = now + lease;
                 let key: Arc<str> = Arc::from(key);
-                shard.removals.schedule(lease, deadline, Arc::clone(&key));
+                shard.removals.schedule(now, lease, Arc::clone(&key));
                 shard.entries.insert(
                     key,
                     Entry {
