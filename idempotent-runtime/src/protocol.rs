@@ -16,6 +16,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -183,14 +185,12 @@ where
 /// and its record: the caller can only be dropped while awaiting, and by then the task is
 /// finished or spawned. A panic in the task (never the handler's, which `execute`
 /// catches) ends it without an answer, as it would end a spawned task.
-async fn detach(mut task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
-    let first = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
-            task.as_mut().poll(cx)
-        })))
-    })
+async fn detach(mut task: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let first = poll_once(std::pin::pin!(
+        AssertUnwindSafe(task.as_mut()).catch_unwind()
+    ))
     .await;
-    if let Ok(std::task::Poll::Pending) = first {
+    if first.is_pending() {
         tokio::spawn(task);
     }
 }
@@ -203,11 +203,15 @@ pub(crate) async fn within<F: Future>(
     future: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut future = std::pin::pin!(future);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(output) => Ok(output),
-        std::task::Poll::Pending => tokio::time::timeout(limit, future).await,
+    match poll_once(future.as_mut()).await {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => tokio::time::timeout(limit, future).await,
     }
+}
+
+/// Polls `future` once, in the caller's task.
+async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// Step 1: safe methods are idempotent already.
