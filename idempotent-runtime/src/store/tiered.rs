@@ -33,6 +33,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
+use crate::protocol::within;
 use crate::{Fingerprint, StoredResponse};
 
 const TARGET: &str = "idempotent::tiered";
@@ -122,7 +123,7 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         what: &'static str,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
-        match tokio::time::timeout(self.fast_timeout, op).await {
+        match within(self.fast_timeout, op).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(err)) => {
                 tracing::warn!(target: TARGET, error = %err, "fast store {what} failed; using the durable store");
