@@ -102,19 +102,17 @@ async fn post_json(addr: SocketAddr, path: &str, key: &str, body: Value) -> (u16
     (response.status().as_u16(), replayed)
 }
 
-/// What the server ran for `round_trips` script calls whose scripts ran `inner`.
+/// What the server ran, as command → calls.
 ///
 /// Redis counts the commands a script runs as well as the `EVALSHA` that ran it, so the
-/// expected counts name both: the `EVALSHA`s are the round trips, the rest must be
-/// exactly what those scripts do (see the scripts in the store's docs), which leaves no
-/// room for any other command sent by a client.
-fn expected(round_trips: u64, inner: &[(&str, u64)]) -> HashMap<String, u64> {
-    let mut commands: HashMap<String, u64> = inner
+/// expected counts name both: the `SET` of a claim and the `EVALSHA`s are the round
+/// trips, the rest must be exactly what the scripts do (see the scripts in the store's
+/// docs), which leaves no room for any other command sent by a client.
+fn expected(commands: &[(&str, u64)]) -> HashMap<String, u64> {
+    commands
         .iter()
         .map(|(name, calls)| ((*name).to_owned(), *calls))
-        .collect();
-    commands.insert("evalsha".to_owned(), round_trips);
-    commands
+        .collect()
 }
 
 /// Each protocol step is one command, counted by the server itself. A server of its own,
@@ -138,24 +136,21 @@ async fn each_protocol_step_is_one_command() {
     let after = command_calls(&mut stats).await;
     assert_eq!(
         ran(&before, &after),
-        expected(
-            2,
-            &[("exists", 1), ("hset", 2), ("pexpire", 2), ("hmget", 1)]
-        ),
-        "a first execution is claim + complete"
+        expected(&[("set", 2), ("evalsha", 1), ("get", 1)]),
+        "a first execution is claim (a SET) + complete (a script: GET, SET)"
     );
 
-    // A replay: one command (claim, which finds the completed record).
+    // A replay: one command (the claim's SET, which finds the completed record).
     let before = after;
     assert_eq!(
         post_json(addr, "/fast", "k1", order.clone()).await,
         (201, true)
     );
     let after = command_calls(&mut stats).await;
-    let read_completed = [("exists", 1), ("hmget", 1), ("hget", 1)];
+    let read_completed = [("set", 1)];
     assert_eq!(
         ran(&before, &after),
-        expected(1, &read_completed),
+        expected(&read_completed),
         "a replay is one command"
     );
 
@@ -166,7 +161,7 @@ async fn each_protocol_step_is_one_command() {
     let after = command_calls(&mut stats).await;
     assert_eq!(
         ran(&before, &after),
-        expected(1, &read_completed),
+        expected(&read_completed),
         "a mismatch is one command"
     );
     assert_eq!(runs.0.load(Ordering::SeqCst), 1);
@@ -184,7 +179,7 @@ async fn each_protocol_step_is_one_command() {
     let after = command_calls(&mut stats).await;
     assert_eq!(
         ran(&before, &after),
-        expected(1, &[("exists", 1), ("hmget", 1), ("pttl", 1)]),
+        expected(&[("set", 1)]),
         "a conflict is one command"
     );
 
@@ -195,7 +190,7 @@ async fn each_protocol_step_is_one_command() {
     let after = command_calls(&mut stats).await;
     assert_eq!(
         ran(&before, &after),
-        expected(1, &[("hmget", 1), ("hset", 1), ("pexpire", 1)]),
+        expected(&[("evalsha", 1), ("get", 1), ("set", 1)]),
         "completion is one command"
     );
 }
@@ -204,10 +199,10 @@ async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
     conn.pttl(key).await.unwrap()
 }
 
-/// One hash per key, under `<prefix>:{<key>}`; its expiry is the lease while in flight
+/// One string per key, under `<prefix>:{<key>}`; its expiry is the lease while in flight
 /// and the TTL, independent of the lease, once completed.
 #[tokio::test]
-async fn a_record_is_one_hash_that_expires_with_its_lease_then_its_ttl() {
+async fn a_record_is_one_string_that_expires_with_its_lease_then_its_ttl() {
     let prefix = support::unique_prefix("layout");
     let store = RedisStore::connect(shared_url())
         .await
@@ -227,11 +222,17 @@ async fn a_record_is_one_hash_that_expires_with_its_lease_then_its_ttl() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(kind, "hash");
-    let fields: HashMap<String, Vec<u8>> = conn.hgetall(&redis_key).await.unwrap();
-    assert_eq!(fields["state"], b"in_flight");
-    assert_eq!(fields["fingerprint"], fp.as_bytes());
-    assert_eq!(fields["token"], token.0.to_string().as_bytes());
+    assert_eq!(kind, "string");
+    let record: Vec<u8> = conn.get(&redis_key).await.unwrap();
+    assert_eq!(
+        record.len(),
+        57,
+        "state, fingerprint, token, deadline, lease"
+    );
+    assert_eq!(record[0], b'I');
+    assert_eq!(&record[1..33], fp.as_bytes());
+    assert_eq!(&record[33..41], &token.0.to_be_bytes());
+    assert_eq!(&record[49..57], &60_000u64.to_be_bytes());
     let left = pttl(&mut conn, &redis_key).await;
     assert!(
         0 < left && left <= 60_000,
@@ -249,6 +250,20 @@ async fn a_record_is_one_hash_that_expires_with_its_lease_then_its_ttl() {
         60_000 < left && left <= 120_000,
         "renewal extends it: {left} ms"
     );
+    match store.lookup("k").await.unwrap() {
+        Some(Record::InFlight {
+            fingerprint,
+            lease_remaining,
+        }) => {
+            assert_eq!(fingerprint, fp);
+            assert!(
+                Duration::from_secs(60) < lease_remaining
+                    && lease_remaining <= Duration::from_secs(120),
+                "the record tells the renewed lease: {lease_remaining:?}"
+            );
+        }
+        other => panic!("still in flight after renewal, got {other:?}"),
+    }
 
     let response = StoredResponse::new(StatusCode::CREATED, Default::default(), "ok".into());
     assert!(
@@ -262,12 +277,10 @@ async fn a_record_is_one_hash_that_expires_with_its_lease_then_its_ttl() {
         120_000 < left && left <= 3_600_000,
         "the TTL replaces the lease: {left} ms"
     );
-    let fields: HashMap<String, Vec<u8>> = conn.hgetall(&redis_key).await.unwrap();
-    assert_eq!(fields["state"], b"completed");
-    assert_eq!(
-        StoredResponse::from_bytes(&fields["response"]).unwrap(),
-        response
-    );
+    let record: Vec<u8> = conn.get(&redis_key).await.unwrap();
+    assert_eq!(record[0], b'C');
+    assert_eq!(&record[1..33], fp.as_bytes());
+    assert_eq!(StoredResponse::from_bytes(&record[33..]).unwrap(), response);
 }
 
 /// Stores with different prefixes share a server without seeing each other.
@@ -304,61 +317,33 @@ async fn corrupt_records_are_store_errors() {
     let mut conn = raw_connection(&shared_url()).await;
     let fp = Fingerprint::of_bytes(b"x");
     let lease = Duration::from_secs(30);
-    let fp_bytes = fp.as_bytes().to_vec();
+    let with = |state: u8, tail: &[u8]| [&[state][..], fp.as_bytes(), tail].concat();
 
+    // Strings that are not what the store writes.
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("empty", Vec::new()),
+        ("garbage", b"garbage".to_vec()),
+        ("unknown-state", with(b'P', b"")),
+        ("short-in-flight", with(b'I', &[0; 8])),
+        ("bad-response", with(b'C', b"IDR1garbage")),
+        ("no-response", with(b'C', b"")),
+    ];
+    for (name, value) in &cases {
+        let _: () = conn.set(store.record_key(name), value).await.unwrap();
+    }
+    // Another type under the key.
     let _: () = conn
-        .set(store.record_key("string"), "garbage")
+        .hset(store.record_key("hash"), "state", "completed")
         .await
         .unwrap();
-    // Hashes missing what the store writes, or holding what it never writes.
-    type Fields = Vec<(&'static str, Vec<u8>)>;
-    let cases: [(&str, Fields); 5] = [
-        (
-            "unknown-state",
-            vec![
-                ("state", b"paused".to_vec()),
-                ("fingerprint", fp_bytes.clone()),
-            ],
-        ),
-        ("no-state", vec![("fingerprint", fp_bytes.clone())]),
-        (
-            "short-fingerprint",
-            vec![
-                ("state", b"completed".to_vec()),
-                ("fingerprint", b"short".to_vec()),
-                ("response", b"x".to_vec()),
-            ],
-        ),
-        (
-            "bad-response",
-            vec![
-                ("state", b"completed".to_vec()),
-                ("fingerprint", fp_bytes.clone()),
-                ("response", b"IDR1garbage".to_vec()),
-            ],
-        ),
-        (
-            "no-response",
-            vec![
-                ("state", b"completed".to_vec()),
-                ("fingerprint", fp_bytes.clone()),
-            ],
-        ),
-    ];
-    for (name, fields) in &cases {
-        let _: () = conn
-            .hset_multiple(store.record_key(name), fields)
-            .await
-            .unwrap();
-    }
-    for name in std::iter::once("string").chain(cases.iter().map(|(name, _)| *name)) {
+    for name in std::iter::once("hash").chain(cases.iter().map(|(name, _)| *name)) {
         let err = store
             .claim(name, fp, lease)
             .await
             .err()
             .unwrap_or_else(|| panic!("claim of `{name}` must fail"));
         assert!(
-            err.to_string().contains(&store.record_key(name)) || name == "string",
+            err.to_string().contains(&store.record_key(name)) || name == "hash",
             "{name}: {err}"
         );
         assert!(
@@ -366,17 +351,28 @@ async fn corrupt_records_are_store_errors() {
             "lookup of `{name}` must fail"
         );
     }
-    // A key of another type is no claim to renew, complete or release.
     let token = idempotent_runtime::FencingToken::random();
-    assert!(store.renew("string", token, lease).await.is_err());
     let response = StoredResponse::new(StatusCode::OK, Default::default(), "x".into());
+    // A key of another type is no claim to renew, complete or release...
+    assert!(store.renew("hash", token, lease).await.is_err());
     assert!(
         store
-            .complete("string", token, &response, lease)
+            .complete("hash", token, &response, lease)
             .await
             .is_err()
     );
-    assert!(store.release("string", token).await.is_err());
+    assert!(store.release("hash", token).await.is_err());
+    // ...and neither is a corrupt record, which stays as it is.
+    for (name, value) in &cases {
+        assert!(!store.renew(name, token, lease).await.unwrap(), "{name}");
+        assert!(
+            !store.complete(name, token, &response, lease).await.unwrap(),
+            "{name}"
+        );
+        assert!(!store.release(name, token).await.unwrap(), "{name}");
+        let kept: Vec<u8> = conn.get(store.record_key(name)).await.unwrap();
+        assert_eq!(&kept, value, "{name}");
+    }
 
     // Through the protocol: fail closed.
     let runs = Runs::default();
@@ -389,7 +385,7 @@ async fn corrupt_records_are_store_errors() {
     );
     assert_eq!(runs.0.load(Ordering::SeqCst), 0, "the handler must not run");
     let _: () = conn.del(&record).await.unwrap();
-    for name in std::iter::once("string").chain(cases.iter().map(|(name, _)| *name)) {
+    for name in std::iter::once("hash").chain(cases.iter().map(|(name, _)| *name)) {
         let _: () = conn.del(store.record_key(name)).await.unwrap();
     }
 }

@@ -38,42 +38,47 @@
 //!
 //! # Key layout
 //!
-//! Everything about one idempotency key lives in one Redis hash,
+//! Everything about one idempotency key lives in one Redis string,
 //! `<prefix>:{<key>}` (prefix `idempotent` unless [`with_prefix`](RedisStore::with_prefix)
 //! says otherwise; `<key>` is the key the protocol derives, a hex SHA-256). The braces are
 //! a Cluster hash tag: the slot depends on the key alone, never on the prefix.
 //!
-//! | field | value |
-//! | --- | --- |
-//! | `state` | `in_flight` or `completed` |
-//! | `fingerprint` | the 32 raw bytes of the request's SHA-256 |
-//! | `token` | the claim's fencing token, in decimal |
-//! | `response` | once completed: the response, as [`StoredResponse::to_bytes`] writes it |
+//! The string's first byte tells the state, and the 32 raw bytes of the request's
+//! SHA-256 fingerprint follow it:
 //!
-//! The hash's own expiry is the clock: while in flight it is the **lease** (`PEXPIRE`
-//! at claim, again at every renewal), so a crashed owner's claim disappears by itself;
+//! | state | bytes |
+//! | --- | --- |
+//! | in flight | `I`, fingerprint, fencing token (8), lease deadline (8), lease length (8) |
+//! | completed | `C`, fingerprint, the response as [`StoredResponse::to_bytes`] writes it |
+//!
+//! Numbers are big-endian; the deadline is in milliseconds since the Unix epoch, by the
+//! clock of the replica that claimed or renewed.
+//!
+//! The key's own expiry is the clock: while in flight it is the **lease** (set at
+//! claim, again at every renewal), so a crashed owner's claim disappears by itself;
 //! completion replaces it with the **TTL**, independent of the lease. Redis removes
-//! expired records; there is nothing to clean up.
+//! expired records; there is nothing to clean up. The deadline in the record serves
+//! only the `Retry-After` a conflict answers with, clamped to the lease's length, so a
+//! replica whose clock is off skews that hint and nothing else.
 //!
 //! # One round trip per step
 //!
-//! Each operation is one Lua script, run with `EVALSHA` (the script is loaded once per
-//! server; [`connect`](RedisStore::connect) loads them up front, and after a server
-//! restart the first call loads them again). A first execution costs two commands
-//! (claim, complete), a replay or a conflict one, and a handler slower than a third of
-//! the lease one more per renewal.
+//! **claim** is a single native command, with no script:
 //!
-//! Scripts run atomically, so each check-and-set below is a single step no other client
-//! can interleave with.
-//!
-//! **claim** creates the in-flight record, or returns what is there (`1` means
-//! acquired; an array is the existing record):
-//!
-//! ```lua
-#![doc = include_str!("redis/claim.lua")]
+//! ```text
+//! SET <prefix>:{<key>} <in-flight record> NX GET PX <lease>
 //! ```
 //!
-//! **renew**, **complete** and **release** act only on the owner's in-flight record:
+//! It creates the in-flight record if the key is free and answers nil, or changes
+//! nothing and answers the record that is there: a replay, a `409` or a `422` costs one
+//! command that Redis runs about as fast as a `GET`. **lookup** is a `GET`. `SET` with
+//! both `NX` and `GET` needs Redis 7.0 or later.
+//!
+//! **renew**, **complete** and **release** act only on the owner's in-flight record, a
+//! check-and-set that takes a Lua script, run with `EVALSHA` (the scripts are loaded
+//! once per server; [`connect`](RedisStore::connect) loads them up front, and after a
+//! server restart the first call loads them again). Scripts run atomically, so no
+//! other client can interleave with them:
 //!
 //! ```lua
 #![doc = include_str!("redis/renew.lua")]
@@ -81,12 +86,13 @@
 #![doc = include_str!("redis/release.lua")]
 //! ```
 //!
-//! **lookup** reads like claim, without claiming (`0` means absent).
+//! A first execution costs two commands (claim, complete), a replay or a conflict one,
+//! and a handler slower than a third of the lease one more per renewal.
 //!
 //! # Fencing tokens
 //!
-//! The token is drawn by the client ([`FencingToken::random`], 64 random bits) and passed
-//! to the claim script, rather than counted by Redis. A counter kept in the record would
+//! The token is drawn by the client ([`FencingToken::random`], 64 random bits) and
+//! written into the claim, rather than counted by Redis. A counter kept in the record would
 //! start over whenever the record is deleted (release, lease lapse), so a stale owner
 //! could hold the same number as the next claim and complete it; a counter that outlives
 //! records would be a key in another Cluster slot, which a script may not touch. A random
@@ -95,9 +101,11 @@
 //!
 //! # Corrupt data
 //!
-//! A record that is not what these scripts write (another type under the key, a missing
-//! or unknown field, a response that does not decode) is reported as a [`StoreError`],
-//! so the protocol fails closed on it.
+//! A record that is not what this store writes (another type under the key, an unknown
+//! state, a record cut short, a response that does not decode) is reported as a
+//! [`StoreError`] by claim and lookup, so the protocol fails closed on it. Renew,
+//! complete and release fail on another type under the key, and leave a corrupt string
+//! as it is: it holds no claim of theirs.
 
 use std::fmt;
 use std::future::Future;
@@ -107,13 +115,11 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{Client, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value};
+use ::redis::{Client, Cmd, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value};
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
 use crate::{Fingerprint, StoredResponse};
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/claim.lua")));
-static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/lookup.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/renew.lua")));
 static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("redis/complete.lua")));
@@ -296,7 +302,7 @@ impl RedisStore {
     ///
     /// Not required: a script the server does not know is loaded on first use.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in [&CLAIM, &LOOKUP, &RENEW, &COMPLETE, &RELEASE] {
+        for script in [&RENEW, &COMPLETE, &RELEASE] {
             let invocation = script.prepare_invoke();
             let loaded = match &self.connection {
                 Connection::Single(c) => invocation.load_async(&mut c.clone()).await,
@@ -311,6 +317,13 @@ impl RedisStore {
         match &self.connection {
             Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
             Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        }
+    }
+
+    async fn query(&self, command: &Cmd) -> Result<Value, RedisError> {
+        match &self.connection {
+            Connection::Single(c) => command.query_async(&mut c.clone()).await,
+            Connection::Cluster(c) => command.query_async(&mut c.clone()).await,
         }
     }
 
@@ -361,43 +374,106 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Reads the array the claim and lookup scripts return for an existing record.
-fn parse_record(record_key: &str, items: Vec<Value>) -> Result<Record, StoreError> {
-    let [state, fingerprint, detail]: [Value; 3] =
-        items.try_into().map_err(|items: Vec<Value>| {
-            corrupt(record_key, &format!("{} items instead of 3", items.len()))
-        })?;
-    let fingerprint = match fingerprint {
-        Value::BulkString(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
-            .map(Fingerprint::from_bytes)
-            .map_err(|_| corrupt(record_key, "the fingerprint is not 32 bytes"))?,
-        _ => return Err(corrupt(record_key, "no fingerprint")),
+/// The first byte of an in-flight record.
+const IN_FLIGHT: u8 = b'I';
+/// The first byte of a completed record.
+const COMPLETED: u8 = b'C';
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The end of an in-flight record: the lease's deadline and its length.
+fn lease_fields(lease: Duration) -> [u8; 16] {
+    let length = millis(lease);
+    let mut fields = [0; 16];
+    fields[..8].copy_from_slice(&unix_millis().saturating_add(length).to_be_bytes());
+    fields[8..].copy_from_slice(&length.to_be_bytes());
+    fields
+}
+
+/// The record a claim writes (see the key layout in the module docs).
+fn in_flight_record(fingerprint: &Fingerprint, token: FencingToken, lease: Duration) -> Vec<u8> {
+    let mut record = Vec::with_capacity(57);
+    record.push(IN_FLIGHT);
+    record.extend_from_slice(fingerprint.as_bytes());
+    record.extend_from_slice(&token.0.to_be_bytes());
+    record.extend_from_slice(&lease_fields(lease));
+    record
+}
+
+/// Reads a record as claim and lookup find it, `now` being [`unix_millis`].
+fn parse_record(record_key: &str, bytes: &[u8], now: u64) -> Result<Record, StoreError> {
+    let Some((&state, rest)) = bytes.split_first() else {
+        return Err(corrupt(record_key, "the record is empty"));
     };
-    match (state, detail) {
-        (Value::BulkString(state), Value::Int(pttl)) if state == b"in_flight" => {
-            // -1: the record has no expiry, so its lease would never lapse.
-            let millis = u64::try_from(pttl)
-                .map_err(|_| corrupt(record_key, "the in-flight record has no lease"))?;
+    let Some((fingerprint, rest)) = rest.split_first_chunk::<32>() else {
+        return Err(corrupt(
+            record_key,
+            "the record is too short for a fingerprint",
+        ));
+    };
+    let fingerprint = Fingerprint::from_bytes(*fingerprint);
+    match state {
+        IN_FLIGHT => {
+            let fields: &[u8; 24] = rest.try_into().map_err(|_| {
+                corrupt(
+                    record_key,
+                    &format!("an in-flight record of {} bytes instead of 57", bytes.len()),
+                )
+            })?;
+            let number = |at: usize| {
+                let mut be = [0; 8];
+                be.copy_from_slice(&fields[at..at + 8]);
+                u64::from_be_bytes(be)
+            };
+            let (deadline, length) = (number(8), number(16));
+            // Redis holds the key, so the lease is live whatever this clock says.
+            let left = deadline.saturating_sub(now).clamp(1, length.max(1));
             Ok(Record::InFlight {
                 fingerprint,
-                lease_remaining: Duration::from_millis(millis),
+                lease_remaining: Duration::from_millis(left),
             })
         }
-        (Value::BulkString(state), Value::BulkString(response)) if state == b"completed" => {
-            let response = StoredResponse::from_bytes(&response)
+        COMPLETED => {
+            let response = StoredResponse::from_bytes(rest)
                 .map_err(|e| corrupt(record_key, &e.to_string()))?;
             Ok(Record::Completed {
                 fingerprint,
                 response,
             })
         }
-        (Value::BulkString(state), _) if state == b"completed" => {
-            Err(corrupt(record_key, "the completed record has no response"))
-        }
-        (state, _) => Err(corrupt(
+        other => Err(corrupt(
             record_key,
-            &format!("unknown state {}", describe(&state)),
+            &format!("unknown state {:?}", char::from(other)),
         )),
+    }
+}
+
+/// Reads what `SET ... NX GET` or `GET` answered: nil for no record.
+fn read_reply(record_key: &str, what: &str, reply: Value) -> Result<Option<Record>, StoreError> {
+    match reply {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => parse_record(record_key, &bytes, unix_millis()).map(Some),
+        other => Err(corrupt(
+            record_key,
+            &format!("{what} answered {}", describe(&other)),
+        )),
+    }
+}
+
+/// A failed claim; a Redis older than 7.0 rejects `SET` with both `NX` and `GET`.
+fn claim_error(err: RedisError) -> StoreError {
+    if err.to_string().contains("syntax error") {
+        error(
+            "Redis claim failed (the Redis store needs Redis 7.0 or later)",
+            err,
+        )
+    } else {
+        error("Redis claim failed", err)
     }
 }
 
@@ -411,20 +487,19 @@ impl Store for RedisStore {
         let record_key = self.record_key(key);
         async move {
             let token = FencingToken::random();
-            let mut invocation = CLAIM.key(&record_key);
-            invocation
-                .arg(fingerprint.as_bytes().as_slice())
-                .arg(token.0)
+            let mut command = ::redis::cmd("SET");
+            command
+                .arg(&record_key)
+                .arg(in_flight_record(&fingerprint, token, lease))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
                 .arg(millis(lease));
-            match self.invoke(&invocation).await {
-                Ok(Value::Int(1)) => Ok(Claim::Acquired(token)),
-                Ok(Value::Array(items)) => parse_record(&record_key, items).map(Claim::Existing),
-                Ok(other) => Err(corrupt(
-                    &record_key,
-                    &format!("claim answered {}", describe(&other)),
-                )),
-                Err(err) => Err(error("Redis claim failed", err)),
-            }
+            let reply = self.query(&command).await.map_err(claim_error)?;
+            Ok(match read_reply(&record_key, "claim", reply)? {
+                None => Claim::Acquired(token),
+                Some(record) => Claim::Existing(record),
+            })
         }
     }
 
@@ -437,7 +512,10 @@ impl Store for RedisStore {
         let record_key = self.record_key(key);
         async move {
             let mut invocation = RENEW.key(&record_key);
-            invocation.arg(token.0).arg(millis(lease));
+            invocation
+                .arg(&token.0.to_be_bytes()[..])
+                .arg(millis(lease))
+                .arg(&lease_fields(lease)[..]);
             self.owner_step("renew", &record_key, &invocation).await
         }
     }
@@ -453,7 +531,10 @@ impl Store for RedisStore {
         let response = response.to_bytes();
         async move {
             let mut invocation = COMPLETE.key(&record_key);
-            invocation.arg(token.0).arg(response).arg(millis(ttl));
+            invocation
+                .arg(&token.0.to_be_bytes()[..])
+                .arg(response)
+                .arg(millis(ttl));
             self.owner_step("complete", &record_key, &invocation).await
         }
     }
@@ -466,7 +547,7 @@ impl Store for RedisStore {
         let record_key = self.record_key(key);
         async move {
             let mut invocation = RELEASE.key(&record_key);
-            invocation.arg(token.0);
+            invocation.arg(&token.0.to_be_bytes()[..]);
             self.owner_step("release", &record_key, &invocation).await
         }
     }
@@ -474,14 +555,10 @@ impl Store for RedisStore {
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let record_key = self.record_key(key);
         async move {
-            let invocation = LOOKUP.key(&record_key);
-            match self.invoke(&invocation).await {
-                Ok(Value::Int(0)) => Ok(None),
-                Ok(Value::Array(items)) => parse_record(&record_key, items).map(Some),
-                Ok(other) => Err(corrupt(
-                    &record_key,
-                    &format!("lookup answered {}", describe(&other)),
-                )),
+            let mut command = ::redis::cmd("GET");
+            command.arg(&record_key);
+            match self.query(&command).await {
+                Ok(reply) => read_reply(&record_key, "lookup", reply),
                 Err(err) => Err(error("Redis lookup failed", err)),
             }
         }
@@ -491,10 +568,6 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(bytes: &[u8]) -> Value {
-        Value::BulkString(bytes.to_vec())
-    }
 
     #[test]
     fn lease_and_ttl_never_reach_zero_or_overflow() {
@@ -507,29 +580,32 @@ mod tests {
     #[test]
     fn records_are_read_back() {
         let fp = Fingerprint::of_bytes(b"x");
-        let in_flight = parse_record(
-            "k",
-            vec![bulk(b"in_flight"), bulk(fp.as_bytes()), Value::Int(1500)],
+        let token = FencingToken(7);
+        let now = unix_millis();
+        let record = in_flight_record(&fp, token, Duration::from_millis(1500));
+        assert_eq!(record.len(), 57);
+        assert_eq!(&record[33..41], &7u64.to_be_bytes());
+        let Ok(Record::InFlight {
+            fingerprint,
+            lease_remaining,
+        }) = parse_record("k", &record, now)
+        else {
+            panic!("an in-flight record reads back");
+        };
+        assert_eq!(fingerprint, fp);
+        assert!(
+            Duration::from_millis(1400) < lease_remaining
+                && lease_remaining <= Duration::from_millis(1500),
+            "{lease_remaining:?}"
         );
-        assert_eq!(
-            in_flight.ok(),
-            Some(Record::InFlight {
-                fingerprint: fp,
-                lease_remaining: Duration::from_millis(1500)
-            })
-        );
+
         let response =
             StoredResponse::new(http::StatusCode::CREATED, Default::default(), "ok".into());
-        let completed = parse_record(
-            "k",
-            vec![
-                bulk(b"completed"),
-                bulk(fp.as_bytes()),
-                bulk(&response.to_bytes()),
-            ],
-        );
+        let mut completed = vec![COMPLETED];
+        completed.extend_from_slice(fp.as_bytes());
+        completed.extend_from_slice(&response.to_bytes());
         assert_eq!(
-            completed.ok(),
+            parse_record("k", &completed, now).ok(),
             Some(Record::Completed {
                 fingerprint: fp,
                 response
@@ -537,30 +613,56 @@ mod tests {
         );
     }
 
+    /// Clocks of replicas differ; the lease left is always within (0, lease].
+    #[test]
+    fn the_lease_left_stays_within_the_lease_whatever_the_clock() {
+        let fp = Fingerprint::of_bytes(b"x");
+        let record = in_flight_record(&fp, FencingToken(1), Duration::from_secs(60));
+        let now = unix_millis();
+        for (clock, expected) in [
+            (now + 3_600_000, Duration::from_millis(1)),
+            (now.saturating_sub(3_600_000), Duration::from_secs(60)),
+        ] {
+            match parse_record("k", &record, clock) {
+                Ok(Record::InFlight {
+                    lease_remaining, ..
+                }) => assert_eq!(lease_remaining, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn corrupt_records_are_errors_not_panics() {
-        let fp = bulk(Fingerprint::of_bytes(b"x").as_bytes());
+        let fp = Fingerprint::of_bytes(b"x");
+        let in_flight = in_flight_record(&fp, FencingToken(1), Duration::from_secs(1));
+        let with = |state: u8, tail: &[u8]| {
+            let mut record = vec![state];
+            record.extend_from_slice(fp.as_bytes());
+            record.extend_from_slice(tail);
+            record
+        };
         let cases = [
             vec![],
-            vec![bulk(b"in_flight"), fp.clone()],
-            vec![bulk(b"in_flight"), bulk(b"short"), Value::Int(10)],
-            vec![bulk(b"in_flight"), Value::Nil, Value::Int(10)],
-            vec![bulk(b"in_flight"), fp.clone(), Value::Int(-1)],
-            vec![bulk(b"completed"), fp.clone(), Value::Nil],
-            vec![bulk(b"completed"), fp.clone(), bulk(b"garbage")],
-            vec![bulk(b"paused"), fp.clone(), Value::Int(10)],
-            vec![Value::Nil, fp.clone(), Value::Int(10)],
+            b"I".to_vec(),
+            in_flight[..40].to_vec(),
+            in_flight[..56].to_vec(),
+            [&in_flight[..], b"x"].concat(),
+            with(COMPLETED, b""),
+            with(COMPLETED, b"garbage"),
+            with(b'P', b""),
         ];
         for case in cases {
-            let shown = format!("{case:?}");
-            let err = parse_record("idempotent:{k}", case)
+            let err = parse_record("idempotent:{k}", &case, unix_millis())
                 .err()
-                .unwrap_or_else(|| panic!("{shown} must be rejected"));
+                .unwrap_or_else(|| panic!("{case:?} must be rejected"));
             assert!(
                 err.to_string()
                     .contains("corrupt idempotency record at Redis key `idempotent:{k}`"),
                 "{err}"
             );
         }
+        assert!(read_reply("k", "claim", Value::Int(1)).is_err());
+        assert!(read_reply("k", "claim", Value::Nil).is_ok_and(|r| r.is_none()));
     }
 }

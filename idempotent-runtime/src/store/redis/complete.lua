@@ -1,9 +1,8 @@
 -- complete: store the owner's response, kept for the TTL.
 -- KEYS[1] the record; ARGV[1] fencing token, ARGV[2] response, ARGV[3] TTL (ms).
-local record = redis.call('HMGET', KEYS[1], 'state', 'token')
-if record[1] == 'in_flight' and record[2] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'response', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local record = redis.call('GET', KEYS[1])
+if record and string.sub(record, 1, 1) == 'I' and string.sub(record, 34, 41) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'C' .. string.sub(record, 2, 33) .. ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return 0
