@@ -132,12 +132,15 @@ impl fmt::Display for Fingerprint {
 /// measurable part of every request (each one hexes a namespaced key).
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    let mut out = vec![0; bytes.len() * 2];
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&[
+            DIGITS[usize::from(byte >> 4)],
+            DIGITS[usize::from(byte & 0x0f)],
+        ]);
     }
-    out
+    // Hex digits are ASCII, so this never falls back to the default.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 impl fmt::Debug for Fingerprint {
