@@ -244,14 +244,90 @@ async fn purge_skips_rows_another_session_holds_instead_of_waiting() {
         .unwrap();
 
     // If the purge waited for the lock, this would never finish while `other` is open.
-    let purged = tokio::time::timeout(Duration::from_secs(30), store.purge_expired(2))
-        .await
-        .expect("purge must not wait for a locked row")
-        .unwrap();
-    assert_eq!(purged, 4);
+    let purged = tokio::time::timeout(Duration::from_secs(30), store.purge_expired(2)).await;
+    // Released before any assertion, so that a failure is reported instead of leaving the
+    // schema's cleanup waiting for the lock.
     other.commit().await.unwrap();
+    assert_eq!(
+        purged
+            .expect("purge must not wait for a locked row")
+            .unwrap(),
+        4
+    );
     assert_eq!(store.purge_expired(2).await.unwrap(), 1);
     assert_eq!(row_count(&store).await, 0);
+}
+
+/// A claim that finds a live row (a replay, a request in flight, a key reused with
+/// another body) only reads: it waits for no row lock and draws no token, so retries of
+/// one key do not queue behind each other or behind a transaction holding the row.
+#[tokio::test]
+async fn a_claim_that_finds_a_live_row_only_reads() {
+    let (store, _schema) = fresh_store().await;
+    let token = acquire(&store, "done", LONG).await;
+    assert!(
+        store
+            .complete("done", token, &sample_response(), LONG)
+            .await
+            .unwrap()
+    );
+    acquire(&store, "running", LONG).await;
+    let tokens_drawn = |store: PostgresStore| async move {
+        let sql = format!(
+            r#"SELECT last_value FROM "{}"."{}_token_seq""#,
+            store.schema(),
+            store.table()
+        );
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let drawn = tokens_drawn(store.clone()).await;
+
+    // Another session holds both rows locked.
+    let mut other = store.pool().begin().await.unwrap();
+    let lock = format!(
+        r#"SELECT 1 FROM "{}"."{}" WHERE key IN ('done', 'running') FOR UPDATE"#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    // If a claim locked the row it finds, these would never finish while `other` is open.
+    let claims = async {
+        (
+            store.claim("done", fp("a"), LONG).await,
+            store.claim("done", fp("b"), LONG).await,
+            store.claim("running", fp("a"), LONG).await,
+        )
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), claims).await;
+    // Released before any assertion, so that a failure is reported instead of leaving the
+    // schema's cleanup waiting for the lock.
+    other.commit().await.unwrap();
+    let (replay, reused, in_flight) =
+        outcome.expect("a claim that finds a live row must not wait for its lock");
+    assert!(
+        matches!(replay, Ok(Claim::Existing(Record::Completed { ref response, .. })) if *response == sample_response()),
+        "{replay:?}"
+    );
+    assert!(
+        matches!(reused, Ok(Claim::Existing(Record::Completed { fingerprint, .. })) if fingerprint == fp("a")),
+        "{reused:?}"
+    );
+    assert!(
+        matches!(in_flight, Ok(Claim::Existing(Record::InFlight { .. }))),
+        "{in_flight:?}"
+    );
+    assert_eq!(
+        tokens_drawn(store.clone()).await,
+        drawn,
+        "a claim that acquires nothing draws no token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

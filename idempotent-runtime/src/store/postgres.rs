@@ -107,9 +107,14 @@ const CREATE: [&str; 4] = [
     r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON "{schema}"."{table}" (expires_at)"#,
 ];
 
-const CLAIM: &str = r#"WITH claimed AS (
+const CLAIM: &str = r#"WITH live AS (
+    SELECT r.token, r.state, r.fingerprint, r.expires_at, r.response
+    FROM "{schema}"."{table}" AS r
+    WHERE r.key = $1 AND r.expires_at > clock_timestamp()
+), claimed AS (
     INSERT INTO "{schema}"."{table}" AS r (key, token, fingerprint, state, expires_at)
-    VALUES ($1, nextval('"{schema}"."{table}_token_seq"'), $2, 'in_flight', clock_timestamp() + $3)
+    SELECT $1, nextval('"{schema}"."{table}_token_seq"'), $2, 'in_flight', clock_timestamp() + $3
+    WHERE NOT EXISTS (SELECT 1 FROM live)
     ON CONFLICT (key) DO UPDATE
         SET token = EXCLUDED.token,
             fingerprint = EXCLUDED.fingerprint,
@@ -123,13 +128,10 @@ SELECT true AS acquired, token, NULL::text AS state, NULL::bytea AS fingerprint,
        NULL::bigint AS remaining_us, NULL::bytea AS response
 FROM claimed
 UNION ALL
-SELECT false, r.token, r.state, r.fingerprint,
-       (extract(epoch FROM r.expires_at - clock_timestamp()) * 1000000)::bigint,
-       r.response
-FROM "{schema}"."{table}" AS r
-WHERE r.key = $1
-  AND r.expires_at > clock_timestamp()
-  AND NOT EXISTS (SELECT 1 FROM claimed)"#;
+SELECT false, token, state, fingerprint,
+       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint,
+       response
+FROM live"#;
 
 const RENEW: &str = r#"UPDATE "{schema}"."{table}"
 SET expires_at = clock_timestamp() + $3
