@@ -16,6 +16,8 @@
 #   PORT=18080       where bench_server listens, on 127.0.0.1
 #   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+
 #   REDIS_URL, DATABASE_URL   passed on to bench_server
+#   SERVER=path      measure this bench_server binary (another build, another
+#                    implementation of its interface) instead of building one
 #
 # A store the build or the machine cannot serve is skipped with the server's reason.
 # Every server started here is stopped on exit, error or interrupt.
@@ -36,7 +38,7 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
 BASE="http://127.0.0.1:$PORT"
-SERVER=target/release/examples/bench_server
+SERVER=${SERVER:-}
 LOGDIR=$(mktemp -d)
 
 log() { printf 'load: %s\n' "$*" >&2; }
@@ -78,8 +80,12 @@ case " $STORES " in
         scripts/services.sh || log "services.sh failed; the Redis and Postgres runs may be skipped" ;;
 esac
 
-log "building bench_server (release${FEATURES:+, features $FEATURES})"
-cargo build --release --quiet --example bench_server ${FEATURES:+--features "$FEATURES"}
+if [ -z "$SERVER" ]; then
+    log "building bench_server (release${FEATURES:+, features $FEATURES})"
+    cargo build --release --quiet --example bench_server ${FEATURES:+--features "$FEATURES"}
+    SERVER=target/release/examples/bench_server
+fi
+[ -x "$SERVER" ] || { log "SERVER=$SERVER is not an executable"; exit 1; }
 
 # Starts bench_server for STORE=$1; returns 1 (with the reason in $skip_reason) if it
 # exits before answering /health.
