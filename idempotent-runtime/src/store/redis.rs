@@ -665,4 +665,20 @@ mod tests {
         assert!(read_reply("k", "claim", Value::Int(1)).is_err());
         assert!(read_reply("k", "claim", Value::Nil).is_ok_and(|r| r.is_none()));
     }
+
+    /// Redis before 7.0 answers `SET ... NX GET` with a syntax error; the claim's error
+    /// names the version needed rather than leaving the user to guess.
+    #[test]
+    fn a_server_older_than_7_is_named_in_the_claim_error() {
+        use ::redis::{ErrorKind, ServerErrorKind};
+        let kind = ErrorKind::Server(ServerErrorKind::ResponseError);
+        let old = RedisError::from((kind, "server error", "syntax error".to_owned()));
+        let message = claim_error(old).to_string();
+        assert!(message.contains("needs Redis 7.0 or later"), "{message}");
+        assert!(message.contains("syntax error"), "{message}");
+
+        let other = RedisError::from((kind, "server error", "OOM".to_owned()));
+        let message = claim_error(other).to_string();
+        assert!(!message.contains("7.0"), "{message}");
+    }
 }
