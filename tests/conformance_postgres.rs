@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use idempotent_runtime::testkit::{concurrent_claims_have_one_winner, run_all, sample_response};
 use idempotent_runtime::{Claim, Fingerprint, PostgresStore, Record, Store};
-use support::postgres::{TestSchema, fresh_store, pool, row_count};
+use support::postgres::{TestSchema, fresh_store, lock_rows, pool, row_count};
 
 const LONG: Duration = Duration::from_secs(3600);
 /// Expired as soon as it is written; the tests still wait past it.
@@ -232,16 +232,7 @@ async fn purge_skips_rows_another_session_holds_instead_of_waiting() {
     let (store, _schema) = fresh_store().await;
     fill(&store, 5, 0).await;
     // Another session holds one expired row locked, as a claim taking it over would.
-    let mut other = store.pool().begin().await.unwrap();
-    let lock = format!(
-        r#"SELECT 1 FROM "{}"."{}" WHERE key = 'expired-0' FOR UPDATE"#,
-        store.schema(),
-        store.table()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(lock))
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let other = lock_rows(&store, &["expired-0"]).await;
 
     // If the purge waited for the lock, this would never finish while `other` is open.
     let purged = tokio::time::timeout(Duration::from_secs(30), store.purge_expired(2)).await;
@@ -258,6 +249,19 @@ async fn purge_skips_rows_another_session_holds_instead_of_waiting() {
     assert_eq!(row_count(&store).await, 0);
 }
 
+/// The last token the store's sequence handed out.
+async fn tokens_drawn(store: &PostgresStore) -> i64 {
+    let sql = format!(
+        r#"SELECT last_value FROM "{}"."{}_token_seq""#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
 /// A claim that finds a live row (a replay, a request in flight, a key reused with
 /// another body) only reads: it waits for no row lock and draws no token, so retries of
 /// one key do not queue behind each other or behind a transaction holding the row.
@@ -272,30 +276,10 @@ async fn a_claim_that_finds_a_live_row_only_reads() {
             .unwrap()
     );
     acquire(&store, "running", LONG).await;
-    let tokens_drawn = |store: PostgresStore| async move {
-        let sql = format!(
-            r#"SELECT last_value FROM "{}"."{}_token_seq""#,
-            store.schema(),
-            store.table()
-        );
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-    };
-    let drawn = tokens_drawn(store.clone()).await;
+    let drawn = tokens_drawn(&store).await;
 
     // Another session holds both rows locked.
-    let mut other = store.pool().begin().await.unwrap();
-    let lock = format!(
-        r#"SELECT 1 FROM "{}"."{}" WHERE key IN ('done', 'running') FOR UPDATE"#,
-        store.schema(),
-        store.table()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(lock))
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let other = lock_rows(&store, &["done", "running"]).await;
 
     // If a claim locked the row it finds, these would never finish while `other` is open.
     let claims = async {
@@ -324,7 +308,7 @@ async fn a_claim_that_finds_a_live_row_only_reads() {
         "{in_flight:?}"
     );
     assert_eq!(
-        tokens_drawn(store.clone()).await,
+        tokens_drawn(&store).await,
         drawn,
         "a claim that acquires nothing draws no token"
     );

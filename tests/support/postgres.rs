@@ -111,6 +111,27 @@ pub async fn row_count(store: &PostgresStore) -> i64 {
         .expect("count rows")
 }
 
+/// Another session's transaction, holding the rows of `keys` locked as a claim taking
+/// one over would; commit it to let them go.
+pub async fn lock_rows(
+    store: &PostgresStore,
+    keys: &[&str],
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut other = store.pool().begin().await.expect("begin");
+    let sql = format!(
+        r#"SELECT 1 FROM "{}"."{}" WHERE key = ANY($1) FOR UPDATE"#,
+        store.schema(),
+        store.table()
+    );
+    let keys: Vec<String> = keys.iter().map(|&key| key.to_owned()).collect();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(keys)
+        .execute(&mut *other)
+        .await
+        .expect("lock rows");
+    other
+}
+
 /// A TCP forwarder on a loopback port to the real Postgres.
 ///
 /// [`cut`](Self::cut) closes the port and every connection through it, as if the database
