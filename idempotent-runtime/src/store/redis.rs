@@ -72,7 +72,10 @@
 //! It creates the in-flight record if the key is free and answers nil, or changes
 //! nothing and answers the record that is there: a replay, a `409` or a `422` costs one
 //! command that Redis runs about as fast as a `GET`. **lookup** is a `GET`. `SET` with
-//! both `NX` and `GET` needs Redis 7.0 or later.
+//! both `NX` and `GET` needs Redis 7.0 or later: [`load_scripts`](RedisStore::load_scripts),
+//! which [`connect`](RedisStore::connect) and
+//! [`connect_cluster`](RedisStore::connect_cluster) run, fails on an older server with
+//! its version in the error.
 //!
 //! **renew**, **complete** and **release** act only on the owner's in-flight record, a
 //! check-and-set that takes a Lua script, run with `EVALSHA` (the scripts are loaded
@@ -298,10 +301,18 @@ impl RedisStore {
     }
 
     /// Loads the scripts into the server (every master of a Cluster), so that no request
-    /// pays for loading them. Also a cheap check that Redis answers.
+    /// pays for loading them. Also a cheap check that Redis answers, and that it is Redis
+    /// 7.0 or later: an older server fails here, with its version in the error, rather
+    /// than on every claim.
     ///
-    /// Not required: a script the server does not know is loaded on first use.
+    /// Not required: a script the server does not know is loaded on first use. A server
+    /// that does not answer `INFO server` (a managed Redis may rename it) is not checked.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut info = ::redis::cmd("INFO");
+        info.arg("server");
+        if let Ok(reply) = self.query(&info).await {
+            check_version(&reply)?;
+        }
         for script in [&RENEW, &COMPLETE, &RELEASE] {
             let invocation = script.prepare_invoke();
             let loaded = match &self.connection {
@@ -462,6 +473,50 @@ fn read_reply(record_key: &str, what: &str, reply: Value) -> Result<Option<Recor
             record_key,
             &format!("{what} answered {}", describe(&other)),
         )),
+    }
+}
+
+/// The oldest Redis that runs `SET` with both `NX` and `GET`.
+const MIN_VERSION: (u32, u32) = (7, 0);
+
+/// Fails if `INFO server` (one node's text, or a Cluster's answers from several nodes)
+/// names a `redis_version` older than [`MIN_VERSION`]. A reply without a version it can
+/// read passes: the claim's own error still names the version needed.
+fn check_version(reply: &Value) -> Result<(), StoreError> {
+    let mut texts = Vec::new();
+    collect_text(reply, &mut texts);
+    for text in texts {
+        let Some(version) = text
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("redis_version:"))
+        else {
+            continue;
+        };
+        let mut parts = version.split('.').map(|part| part.parse::<u32>());
+        if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next())
+            && (major, minor) < MIN_VERSION
+        {
+            return Err(StoreError::new(format!(
+                "the Redis store needs Redis {}.{} or later (for SET with NX and GET); \
+                 the server runs Redis {version}",
+                MIN_VERSION.0, MIN_VERSION.1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every string in `value`, however nested (a Cluster answers `INFO` per node).
+fn collect_text<'a>(value: &'a Value, out: &mut Vec<std::borrow::Cow<'a, str>>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes)),
+        Value::SimpleString(text) => out.push(text.as_str().into()),
+        Value::VerbatimString { text, .. } => out.push(text.as_str().into()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| collect_text(item, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, item)| collect_text(item, out)),
+        _ => {}
     }
 }
 
@@ -664,6 +719,52 @@ mod tests {
         }
         assert!(read_reply("k", "claim", Value::Int(1)).is_err());
         assert!(read_reply("k", "claim", Value::Nil).is_ok_and(|r| r.is_none()));
+    }
+
+    fn info(version: &str) -> Value {
+        let text = format!("# Server\r\nredis_version:{version}\r\nredis_mode:standalone\r\n");
+        Value::BulkString(text.into_bytes())
+    }
+
+    /// `connect` fails on a Redis too old for the claim, naming its version.
+    #[test]
+    fn an_old_server_is_refused_up_front() {
+        for old in ["6.2.14", "5.0.7", "6.0.0"] {
+            let message = check_version(&info(old)).unwrap_err().to_string();
+            assert!(message.contains("needs Redis 7.0 or later"), "{message}");
+            assert!(message.contains(old), "{message}");
+        }
+        for new in ["7.0.0", "7.0.15", "7.2.4", "8.0.2", "10.1.0"] {
+            assert!(check_version(&info(new)).is_ok(), "{new}");
+        }
+        // Valkey reports the Redis version it is compatible with.
+        let valkey = "redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.0\r\n";
+        assert!(check_version(&Value::BulkString(valkey.into())).is_ok());
+        // RESP3 servers answer with a verbatim string.
+        let verbatim = Value::VerbatimString {
+            format: ::redis::VerbatimFormat::Text,
+            text: "redis_version:6.2.6\r\n".to_owned(),
+        };
+        assert!(check_version(&verbatim).is_err());
+        // A Cluster answers per node: one old node is enough to refuse.
+        let node = |v: &str| {
+            (
+                Value::SimpleString(format!("10.0.0.{}:6379", v.len())),
+                info(v),
+            )
+        };
+        let mixed = Value::Map(vec![node("7.0.15"), node("6.2.14")]);
+        assert!(check_version(&mixed).is_err());
+        assert!(check_version(&Value::Map(vec![node("7.0.15"), node("7.2.4")])).is_ok());
+        // Nothing readable: not checked, the claim's error will tell.
+        for unreadable in [
+            Value::Nil,
+            Value::Okay,
+            Value::BulkString(b"redis_mode:standalone".to_vec()),
+            info("unstable"),
+        ] {
+            assert!(check_version(&unreadable).is_ok(), "{unreadable:?}");
+        }
     }
 
     /// Redis before 7.0 answers `SET ... NX GET` with a syntax error; the claim's error
