@@ -109,6 +109,17 @@ async fn slow(State(runs): State<Runs>, headers: HeaderMap) -> String {
     format!("run {n}")
 }
 
+/// Streams the words of the request body back, one chunk each.
+#[idempotent]
+async fn streamed(State(runs): State<Runs>, body: String) -> Body {
+    let n = runs.bump();
+    let chunks: Vec<_> = std::iter::once(format!("run {n}:"))
+        .chain(body.split(' ').map(|word| format!(" {word}")))
+        .map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk)))
+        .collect();
+    Body::from_stream(futures::stream::iter(chunks))
+}
+
 type Response = axum::response::Response;
 
 fn app_with(idempotency: Idempotency) -> (Router, Runs) {
@@ -125,6 +136,7 @@ fn app_with(idempotency: Idempotency) -> (Router, Runs) {
         .route("/keep4xx", post(keeps_client_errors))
         .route("/panic", post(panics_once))
         .route("/slow", post(slow))
+        .route("/streamed", post(streamed))
         .with_state(state);
     (app, runs)
 }
@@ -516,6 +528,28 @@ async fn a_response_too_large_to_keep_is_sent_once_and_never_run_again() {
     assert_eq!(retry.status, StatusCode::CONFLICT);
     assert_eq!(retry.problem_type(), "response-not-replayable");
     assert!(retry.replayed());
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_stored_whole_and_replayed_byte_for_byte() {
+    let (app, runs) = app();
+    for (key, words) in [("one", ""), ("two", "a"), ("many", "pay the invoice now")] {
+        let first = send(&app, post_with("/streamed", key, words)).await;
+        let expected = format!("run {}: {words}", runs.get());
+        assert_eq!(first.body, expected.as_bytes(), "sent whole, in order");
+        let retry = send(&app, post_with("/streamed", key, words)).await;
+        assert!(retry.replayed());
+        assert_eq!(retry.body, first.body, "replayed byte for byte");
+    }
+    assert_eq!(runs.get(), 3);
+
+    // Past the limit in a later chunk: the caller still gets every chunk, in order.
+    let (app, runs) = app_with(Idempotency::new(MemoryStore::new()).with_response_limit(12));
+    let first = send(&app, post_with("/streamed", "k", "pay the invoice now")).await;
+    assert_eq!(&first.body[..], b"run 1: pay the invoice now");
+    let retry = send(&app, post_with("/streamed", "k", "pay the invoice now")).await;
+    assert_eq!(retry.problem_type(), "response-not-replayable");
     assert_eq!(runs.get(), 1);
 }
 

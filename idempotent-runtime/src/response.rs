@@ -271,7 +271,9 @@ pub(crate) async fn capture(
     stored_headers: &StoredHeaders,
 ) -> Captured {
     let (parts, mut body) = response.into_parts();
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // Most bodies are one chunk: it is kept as it is, with no list and no copy.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -283,21 +285,25 @@ pub(crate) async fn capture(
             continue;
         };
         total += data.len();
-        chunks.push(data);
+        match first {
+            None => first = Some(data),
+            Some(_) => rest.push(data),
+        }
         if total > limit {
             let body = Body::new(Prefixed {
-                prefix: chunks,
+                prefix: first.into_iter().chain(rest).collect(),
                 rest: body,
             });
             return Captured::TooLarge(Response::from_parts(parts, body));
         }
     }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
+    let body = match first {
+        None => Bytes::new(),
+        Some(only) if rest.is_empty() => only,
+        Some(first) => {
             let mut joined = BytesMut::with_capacity(total);
-            for chunk in &chunks {
+            joined.put_slice(&first);
+            for chunk in &rest {
                 joined.put_slice(chunk);
             }
             joined.freeze()
