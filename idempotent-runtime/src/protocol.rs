@@ -162,9 +162,9 @@ where
             token,
             policy: endpoint.policy,
         };
-        // Boxed: this task's future would otherwise reserve room for the handler's
-        // (often kilobytes) even when it only replays, and spawning moves all of it.
-        let handler = Box::pin(handler.call(request, state));
+        // Not boxed again: an axum handler's future is a box already, so this task
+        // reserves no room for the handler's state when it only replays.
+        let handler = handler.call(request, state);
         // The client may be gone; the work is done either way.
         let _ = reply.send(run.execute(handler).await);
     });
