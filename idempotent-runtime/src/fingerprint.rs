@@ -157,14 +157,18 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // Compared in place: lowercasing a copy cost an allocation on every request.
+    let essence = value.split(';').next().unwrap_or("").trim().as_bytes();
+    let starts = |prefix: &str| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    let ends = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    essence.eq_ignore_ascii_case(b"application/json") || (starts("application/") && ends("+json"))
 }
 
 fn remove_pointer(value: &mut Value, pointer: &str) {
@@ -528,6 +532,37 @@ mod tests {
             &["/meta/sent_at"],
         );
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case() {
+        let is = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", value.parse().unwrap());
+            is_json(&headers)
+        };
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=UTF-8",
+            "application/problem+json",
+            "APPLICATION/VND.API+JSON",
+        ] {
+            assert!(is(json), "{json}");
+        }
+        for other in [
+            "",
+            "text/json",
+            "application/jsonx",
+            "application/json-seq",
+            "text/plain+json",
+            "application/x-www-form-urlencoded",
+            "json",
+        ] {
+            assert!(!is(other), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
     }
 
     #[test]
