@@ -25,6 +25,7 @@
 //! sent to two endpoints, or by two tenants when the endpoint sets a `scope`, never
 //! collides, and the raw key never reaches the store or the logs.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::HeaderMap;
@@ -112,9 +113,14 @@ impl std::error::Error for KeyError {}
 
 /// Parses one key, quoted or bare, and validates it.
 pub fn parse_key(raw: &[u8]) -> Result<String, KeyError> {
+    parse_key_in_place(raw).map(Cow::into_owned)
+}
+
+/// [`parse_key`] without a copy unless the key is quoted.
+pub(crate) fn parse_key_in_place(raw: &[u8]) -> Result<Cow<'_, str>, KeyError> {
     let unquoted = match raw.first() {
-        Some(b'"') => unquote(raw)?,
-        _ => raw.to_vec(),
+        Some(b'"') => Cow::Owned(unquote(raw)?),
+        _ => Cow::Borrowed(raw),
     };
     if unquoted.is_empty() {
         return Err(KeyError::Empty);
@@ -129,11 +135,25 @@ pub fn parse_key(raw: &[u8]) -> Result<String, KeyError> {
         });
     }
     // Visible ASCII is valid UTF-8.
-    String::from_utf8(unquoted).map_err(|_| KeyError::MalformedQuoted)
+    match unquoted {
+        Cow::Borrowed(bytes) => std::str::from_utf8(bytes).map(Cow::Borrowed),
+        Cow::Owned(bytes) => String::from_utf8(bytes)
+            .map(Cow::Owned)
+            .map_err(|e| e.utf8_error()),
+    }
+    .map_err(|_| KeyError::MalformedQuoted)
 }
 
 /// Reads the key from header `name`: `Ok(None)` when absent.
 pub fn key_from_headers(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyError> {
+    key_in_headers(headers, name).map(|key| key.map(Cow::into_owned))
+}
+
+/// [`key_from_headers`], borrowing the key from the header unless it is quoted.
+pub(crate) fn key_in_headers<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<Cow<'a, str>>, KeyError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -141,7 +161,7 @@ pub fn key_from_headers(headers: &HeaderMap, name: &str) -> Result<Option<String
     if values.next().is_some() {
         return Err(KeyError::Multiple);
     }
-    parse_key(first.as_bytes()).map(Some)
+    parse_key_in_place(first.as_bytes()).map(Some)
 }
 
 /// Reads the key from query parameter `name`: `Ok(None)` when absent.

@@ -13,6 +13,7 @@
 //!    is renewed while it runs, then the response is stored under the claim's fencing
 //!    token or the claim is released (status not stored, panic).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -242,8 +243,10 @@ pub(crate) async fn prepare(
 ) -> Result<Prepared, Problem> {
     let (parts, body) = request.into_parts();
     let client_key = match endpoint.key {
-        KeySource::Header(name) => key::key_from_headers(&parts.headers, name),
-        KeySource::Query(name) => key::key_from_query(parts.uri.query(), name),
+        KeySource::Header(name) => key::key_in_headers(&parts.headers, name),
+        KeySource::Query(name) => {
+            key::key_from_query(parts.uri.query(), name).map(|key| key.map(Cow::Owned))
+        }
         KeySource::Json(_) | KeySource::Body => Ok(None),
     }
     .map_err(|err| key_problem(&err, endpoint.key))?;
@@ -263,11 +266,11 @@ pub(crate) async fn prepare(
     let client_key = match (client_key, endpoint.key) {
         (Some(key), _) => key,
         (None, KeySource::Json(pointer)) => match key_from_json(&bytes, pointer)? {
-            Some(key) => key,
+            Some(key) => Cow::Owned(key),
             None => return missing_key(endpoint, Request::from_parts(parts, Body::from(bytes))),
         },
         // The canonical body hash is the key.
-        _ => body_fingerprint().to_string(),
+        _ => Cow::Owned(body_fingerprint().to_string()),
     };
 
     let scope = match endpoint.scope {
