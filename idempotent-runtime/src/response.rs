@@ -22,6 +22,9 @@ use http_body_util::BodyExt;
 /// The header added to every replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
+/// [`REPLAYED_HEADER`], parsed once.
+const REPLAYED: HeaderName = HeaderName::from_static(REPLAYED_HEADER);
+
 const NEVER_STORED: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -227,12 +230,27 @@ impl StoredResponse {
 
     /// The response sent to a retry: the stored one plus `Idempotent-Replayed: true`.
     pub fn replay(self) -> Response {
+        // Room for the added header from the start: a copy of the stored map is full,
+        // and growing it would reallocate and rehash it on every replay.
+        let headers = match Arc::try_unwrap(self.headers) {
+            Ok(mut headers) => {
+                headers.reserve(1);
+                headers
+            }
+            Err(shared) => {
+                let mut headers = HeaderMap::with_capacity(shared.len() + 1);
+                for (name, value) in shared.iter() {
+                    headers.append(name.clone(), value.clone());
+                }
+                headers
+            }
+        };
         let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;
-        *response.headers_mut() = Arc::unwrap_or_clone(self.headers);
+        *response.headers_mut() = headers;
         response
             .headers_mut()
-            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            .insert(REPLAYED, HeaderValue::from_static("true"));
         response
     }
 }
