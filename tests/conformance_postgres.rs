@@ -34,6 +34,18 @@ async fn acquire(
     }
 }
 
+/// Claims `key` and completes it with the sample response for `LONG`.
+async fn acquire_and_complete(store: &PostgresStore, key: &str) {
+    let token = acquire(store, key, LONG).await;
+    assert!(
+        store
+            .complete(key, token, &sample_response(), LONG)
+            .await
+            .unwrap(),
+        "completing `{key}` under its own claim"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_passes_the_kit() {
     let (store, _schema) = fresh_store().await;
@@ -105,13 +117,7 @@ async fn migrate_runs_twice_and_from_many_replicas_at_once() {
     }
     store.migrate().await.expect("migrate again");
     store.migrate().await.expect("and again");
-    let token = acquire(&store, "k", LONG).await;
-    assert!(
-        store
-            .complete("k", token, &sample_response(), LONG)
-            .await
-            .unwrap()
-    );
+    acquire_and_complete(&store, "k").await;
     assert!(matches!(
         store.lookup("k").await.unwrap(),
         Some(Record::Completed { .. })
@@ -182,14 +188,10 @@ async fn fill(store: &PostgresStore, expired: usize, live: usize) -> Vec<String>
     let mut keys = Vec::new();
     for i in 0..live {
         let key = format!("live-{i}");
-        let token = acquire(store, &key, LONG).await;
         if i % 2 == 0 {
-            assert!(
-                store
-                    .complete(&key, token, &sample_response(), LONG)
-                    .await
-                    .unwrap()
-            );
+            acquire_and_complete(store, &key).await;
+        } else {
+            acquire(store, &key, LONG).await;
         }
         keys.push(key);
     }
@@ -268,13 +270,7 @@ async fn tokens_drawn(store: &PostgresStore) -> i64 {
 #[tokio::test]
 async fn a_claim_that_finds_a_live_row_only_reads() {
     let (store, _schema) = fresh_store().await;
-    let token = acquire(&store, "done", LONG).await;
-    assert!(
-        store
-            .complete("done", token, &sample_response(), LONG)
-            .await
-            .unwrap()
-    );
+    acquire_and_complete(&store, "done").await;
     acquire(&store, "running", LONG).await;
     let drawn = tokens_drawn(&store).await;
 
