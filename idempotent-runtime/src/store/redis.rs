@@ -483,50 +483,42 @@ const MIN_VERSION: (u32, u32) = (7, 0);
 /// names a `redis_version` older than [`MIN_VERSION`]. A reply without a version it can
 /// read passes: the claim's own error still names the version needed.
 fn check_version(reply: &Value) -> Result<(), StoreError> {
-    let mut texts = Vec::new();
-    collect_text(reply, &mut texts);
-    for text in texts {
-        let Some(version) = text
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("redis_version:"))
-        else {
-            continue;
-        };
-        let mut parts = version.split('.').map(|part| part.parse::<u32>());
-        if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next())
-            && (major, minor) < MIN_VERSION
-        {
-            return Err(StoreError::new(format!(
-                "the Redis store needs Redis {}.{} or later (for SET with NX and GET); \
-                 the server runs Redis {version}",
-                MIN_VERSION.0, MIN_VERSION.1
-            )));
-        }
+    match reply {
+        Value::BulkString(bytes) => check_info(&String::from_utf8_lossy(bytes)),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => check_info(text),
+        Value::Array(items) | Value::Set(items) => items.iter().try_for_each(check_version),
+        Value::Map(pairs) => pairs.iter().try_for_each(|(_, node)| check_version(node)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Every string in `value`, however nested (a Cluster answers `INFO` per node).
-fn collect_text<'a>(value: &'a Value, out: &mut Vec<std::borrow::Cow<'a, str>>) {
-    match value {
-        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes)),
-        Value::SimpleString(text) => out.push(text.as_str().into()),
-        Value::VerbatimString { text, .. } => out.push(text.as_str().into()),
-        Value::Array(items) | Value::Set(items) => {
-            items.iter().for_each(|item| collect_text(item, out));
-        }
-        Value::Map(pairs) => pairs.iter().for_each(|(_, item)| collect_text(item, out)),
-        _ => {}
+/// [`check_version`] on one node's `INFO` text.
+fn check_info(text: &str) -> Result<(), StoreError> {
+    let Some(version) = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis_version:"))
+    else {
+        return Ok(());
+    };
+    let mut parts = version.split('.').map(|part| part.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) if (major, minor) < MIN_VERSION => Err(StoreError::new(
+            format!("{}; the server runs Redis {version}", needs_version()),
+        )),
+        _ => Ok(()),
     }
+}
+
+/// What the claim needs, for error messages.
+fn needs_version() -> String {
+    let (major, minor) = MIN_VERSION;
+    format!("the Redis store needs Redis {major}.{minor} or later, for SET with NX and GET")
 }
 
 /// A failed claim; a Redis older than 7.0 rejects `SET` with both `NX` and `GET`.
 fn claim_error(err: RedisError) -> StoreError {
     if err.to_string().contains("syntax error") {
-        error(
-            "Redis claim failed (the Redis store needs Redis 7.0 or later)",
-            err,
-        )
+        error(&format!("Redis claim failed ({})", needs_version()), err)
     } else {
         error("Redis claim failed", err)
     }
