@@ -408,6 +408,40 @@ async fn a_body_over_the_limit_is_413_and_consumes_nothing() {
     );
 }
 
+/// A request whose body arrives in `chunks`, without a `Content-Length`.
+fn chunked_post(uri: &str, key: &str, chunks: &[&'static str]) -> Request<Body> {
+    let mut req = post_with(uri, key, "");
+    let chunks = chunks
+        .iter()
+        .map(|chunk| Ok::<_, std::io::Error>(Bytes::from_static(chunk.as_bytes())));
+    *req.body_mut() = Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()));
+    req
+}
+
+#[tokio::test]
+async fn a_body_in_chunks_is_the_same_request_as_in_one_piece() {
+    let (app, runs) = app();
+    let chunked = chunked_post("/create", "k", &["pay ", "", "the invoice", " now"]);
+    let first = send(&app, chunked).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(
+        first.body, "run 1: pay the invoice now",
+        "the handler got it whole"
+    );
+
+    let retry = send(&app, post_with("/create", "k", "pay the invoice now")).await;
+    assert!(retry.replayed(), "one piece is the same request");
+    assert_eq!(retry.body, first.body);
+
+    let other = send(
+        &app,
+        chunked_post("/create", "k", &["pay the ", "bill now"]),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(runs.get(), 1);
+}
+
 #[tokio::test]
 async fn only_2xx_is_stored_by_default_and_anything_else_runs_again() {
     let (app, runs) = app();

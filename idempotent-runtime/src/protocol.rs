@@ -25,7 +25,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::handler::Handler;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -357,17 +357,42 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Pro
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(err) => {
-            tracing::info!(target: TARGET, error = %err, "request rejected: body unreadable");
-            Err(Problem::new(
-                ProblemKind::BodyUnreadable,
-                format!("the request body could not be read: {err}"),
-            ))
+    // Read frame by frame rather than through `collect`, whose list of chunks costs an
+    // allocation: most bodies are one chunk, kept as it is.
+    let mut body = Limited::new(body, limit);
+    let mut whole = Bytes::new();
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large());
+            }
+            Err(err) => {
+                tracing::info!(target: TARGET, error = %err, "request rejected: body unreadable");
+                return Err(Problem::new(
+                    ProblemKind::BodyUnreadable,
+                    format!("the request body could not be read: {err}"),
+                ));
+            }
+        };
+        if whole.is_empty() {
+            whole = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&whole);
+            }
+            joined.extend_from_slice(&data);
         }
     }
+    Ok(if joined.is_empty() {
+        whole
+    } else {
+        joined.freeze()
+    })
 }
 
 /// A short, log-safe name for a store key (itself a hash, never the raw key).
