@@ -25,7 +25,9 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// [`REPLAYED_HEADER`], parsed once.
 const REPLAYED: HeaderName = HeaderName::from_static(REPLAYED_HEADER);
 
-const NEVER_STORED: [HeaderName; 10] = [
+/// A `static`, not a `const`: a `const` array of header names is built and dropped
+/// again at every use.
+static NEVER_STORED: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -230,15 +232,17 @@ impl StoredResponse {
 
     /// The response sent to a retry: the stored one plus `Idempotent-Replayed: true`.
     pub fn replay(self) -> Response {
-        // Room for the added header from the start: a copy of the stored map is full,
-        // and growing it would reallocate and rehash it on every replay.
+        // Room from the start for the two headers added to every replay: ours, and
+        // `Content-Length`, which is never stored and which the server sets. A copy of the
+        // stored map is full, and growing it would reallocate and rehash it on every replay.
+        const ADDED: usize = 2;
         let headers = match Arc::try_unwrap(self.headers) {
             Ok(mut headers) => {
-                headers.reserve(1);
+                headers.reserve(ADDED);
                 headers
             }
             Err(shared) => {
-                let mut headers = HeaderMap::with_capacity(shared.len() + 1);
+                let mut headers = HeaderMap::with_capacity(shared.len() + ADDED);
                 for (name, value) in shared.iter() {
                     headers.append(name.clone(), value.clone());
                 }
@@ -402,6 +406,23 @@ mod tests {
         let mut bad = bytes.clone();
         bad[7..10].copy_from_slice(&[0xff, 0xff, 0xff]);
         assert!(StoredResponse::from_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn a_replay_has_room_for_the_headers_added_to_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert(header::LOCATION, "/orders/7".parse().unwrap());
+        let stored = StoredResponse::new(StatusCode::CREATED, headers, Bytes::from_static(b"{}"));
+        // Shared, as a store holding it keeps it, and unique.
+        let kept = stored.clone();
+        for mut response in [stored.replay(), kept.replay()] {
+            let headers = response.headers_mut();
+            let capacity = headers.capacity();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            assert_eq!(headers.capacity(), capacity, "Content-Length grew the map");
+            assert_eq!(headers[REPLAYED], "true");
+        }
     }
 
     #[tokio::test]
