@@ -16,8 +16,10 @@
 //! Several replicas need a shared store (Redis or Postgres).
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::{Future, ready};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,22 +80,36 @@ impl Default for Inner {
     }
 }
 
+/// A key's hash, computed once per operation: it picks the shard and finds the entry.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Hash(u64);
+
+impl Hash {
+    /// The shard: bits far above the ones a shard's table places its entries by, so
+    /// that the keys of one shard still spread over its whole table.
+    fn shard(self) -> usize {
+        (self.0 >> 32) as usize % SHARDS
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    /// The key is shared with its scheduled removals, so that renewing or completing an
-    /// entry allocates nothing.
-    entries: HashMap<Arc<str>, Entry, RandomState>,
-    /// When to look at which key again; stale removals (the entry was renewed, completed
-    /// or replaced since) are skipped.
+    entries: HashTable<Entry>,
+    /// When to look at which entry again; stale removals (the entry was renewed,
+    /// completed or replaced since) are skipped.
     removals: Removals,
 }
 
-/// A key to look at again when its deadline has passed.
-type Removal = (Instant, Arc<str>);
+/// An entry to look at again when its deadline has passed. The key is the entry's own,
+/// shared, so that renewing or completing an entry allocates nothing.
+type Removal = (Instant, Hash, Arc<str>);
 
 /// A shard's scheduled removals (see the module docs).
 #[derive(Default)]
 struct Removals {
+    /// The earliest deadline of them all, kept here so that an operation that finds
+    /// nothing due reads no queue.
+    earliest: Option<Instant>,
     /// One queue per duration, each in deadline order.
     queues: Vec<(Duration, VecDeque<Removal>)>,
     /// Removals with a duration that has no queue, in deadline order.
@@ -103,35 +119,57 @@ struct Removals {
 impl Removals {
     /// Schedules a look at `key` once `duration` has passed since `now`. The deadline is
     /// derived here, so that each queue stays in order.
-    fn schedule(&mut self, now: Instant, duration: Duration, key: Arc<str>) {
+    fn schedule(&mut self, now: Instant, duration: Duration, hash: Hash, key: Arc<str>) {
         let deadline = now + duration;
+        if self.earliest.is_none_or(|earliest| deadline < earliest) {
+            self.earliest = Some(deadline);
+        }
+        let removal = (deadline, hash, key);
         if let Some((_, queue)) = self.queues.iter_mut().find(|(d, _)| *d == duration) {
-            queue.push_back((deadline, key));
+            queue.push_back(removal);
         } else if self.queues.len() < DURATION_QUEUES {
-            self.queues
-                .push((duration, VecDeque::from([(deadline, key)])));
+            self.queues.push((duration, VecDeque::from([removal])));
         } else {
-            self.others.push(Reverse((deadline, key)));
+            self.others.push(Reverse(removal));
         }
     }
 
     /// The next removal due by `now`, if any.
     fn next_due(&mut self, now: Instant) -> Option<Removal> {
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            return None;
+        }
+        let due = self.pop_due(now);
+        if due.is_none() {
+            self.earliest = self.recompute_earliest();
+        }
+        due
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Removal> {
         for (_, queue) in &mut self.queues {
-            if queue.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            if queue.front().is_some_and(|(deadline, ..)| *deadline <= now) {
                 return queue.pop_front();
             }
         }
         match self.others.peek() {
-            Some(Reverse((deadline, _))) if *deadline <= now => {
+            Some(Reverse((deadline, ..))) if *deadline <= now => {
                 self.others.pop().map(|Reverse(due)| due)
             }
             _ => None,
         }
     }
+
+    fn recompute_earliest(&self) -> Option<Instant> {
+        let fronts = self.queues.iter().filter_map(|(_, q)| q.front());
+        let other = self.others.peek().map(|Reverse(removal)| removal);
+        fronts.chain(other).map(|(deadline, ..)| *deadline).min()
+    }
 }
 
 struct Entry {
+    hash: Hash,
+    key: Arc<str>,
     fingerprint: Fingerprint,
     token: FencingToken,
     deadline: Instant,
@@ -157,34 +195,48 @@ impl Shard {
     fn sweep(&mut self, now: Instant, limit: usize) -> usize {
         let mut removed = 0;
         for _ in 0..limit {
-            let Some((deadline, key)) = self.removals.next_due(now) else {
+            let Some((deadline, hash, key)) = self.removals.next_due(now) else {
                 break;
             };
-            if self
+            // The same key allocation, not just the same key: a key released and
+            // claimed again is a new entry, with removals of its own.
+            let entry = self
                 .entries
-                .get(&key)
-                .is_some_and(|e| e.deadline == deadline)
+                .find_entry(hash.0, |e| Arc::ptr_eq(&e.key, &key));
+            if let Ok(entry) = entry
+                && entry.get().deadline == deadline
             {
-                self.entries.remove(&key);
+                entry.remove();
                 removed += 1;
             }
         }
         removed
     }
 
-    /// Reschedules the removal of `key`'s entry to `now + duration`, sharing its stored key.
-    fn set_deadline(&mut self, key: &str, now: Instant, duration: Duration) {
-        if let Some((key, _)) = self.entries.get_key_value(key) {
-            let key = Arc::clone(key);
-            self.removals.schedule(now, duration, key);
+    /// The live entry under `key`, in flight under `token`, with its new deadline and
+    /// its removal rescheduled; `false` if there is none.
+    fn extend_owned(
+        &mut self,
+        hash: Hash,
+        key: &str,
+        token: FencingToken,
+        now: Instant,
+        duration: Duration,
+        response: Option<&StoredResponse>,
+    ) -> bool {
+        let Some(entry) = self.entries.find_mut(hash.0, |e| *e.key == *key) else {
+            return false;
+        };
+        if entry.token != token || entry.response.is_some() || entry.deadline <= now {
+            return false;
         }
-    }
-
-    /// The entry under `key` if it is live and in flight under `token`.
-    fn owned(&mut self, key: &str, token: FencingToken, now: Instant) -> Option<&mut Entry> {
-        self.entries
-            .get_mut(key)
-            .filter(|e| e.token == token && e.response.is_none() && e.deadline > now)
+        entry.deadline = now + duration;
+        if let Some(response) = response {
+            entry.response = Some(response.clone());
+        }
+        let key = Arc::clone(&entry.key);
+        self.removals.schedule(now, duration, hash, key);
+        true
     }
 }
 
@@ -226,12 +278,12 @@ impl MemoryStore {
             .sum()
     }
 
-    /// The shard holding `key`, its expired entries swept as of `now`.
-    fn shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
-        let index = self.inner.hasher.hash_one(key) as usize % SHARDS;
-        let mut shard = lock(&self.inner.shards[index]);
+    /// The shard holding `key`, its expired entries swept as of `now`, and the key's hash.
+    fn shard(&self, key: &str, now: Instant) -> (MutexGuard<'_, Shard>, Hash) {
+        let hash = Hash(self.inner.hasher.hash_one(key));
+        let mut shard = lock(&self.inner.shards[hash.shard()]);
         shard.sweep(now, SWEEP_BATCH);
-        shard
+        (shard, hash)
     }
 }
 
@@ -249,27 +301,35 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key, now);
-        let claim = match shard.entries.get(key).filter(|e| e.deadline > now) {
-            Some(entry) => Claim::Existing(entry.record(now)),
-            None => {
-                let token = FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
-                let deadline = now + lease;
-                let key: Arc<str> = Arc::from(key);
-                shard.removals.schedule(now, lease, Arc::clone(&key));
-                shard.entries.insert(
-                    key,
-                    Entry {
-                        fingerprint,
-                        token,
-                        deadline,
-                        response: None,
-                    },
-                );
-                Claim::Acquired(token)
+        let (mut shard, hash) = self.shard(key, now);
+        let slot = shard
+            .entries
+            .entry(hash.0, |e| *e.key == *key, |e| e.hash.0);
+        let fresh = |key: Arc<str>| Entry {
+            hash,
+            key,
+            fingerprint,
+            token: FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed)),
+            deadline: now + lease,
+            response: None,
+        };
+        let (token, key) = match slot {
+            Slot::Occupied(live) if live.get().deadline > now => {
+                return ready(Ok(Claim::Existing(live.get().record(now))));
+            }
+            // Lapsed but not swept yet: taken over in place, its key allocation reused.
+            Slot::Occupied(mut lapsed) => {
+                let entry = lapsed.get_mut();
+                *entry = fresh(Arc::clone(&entry.key));
+                (entry.token, Arc::clone(&entry.key))
+            }
+            Slot::Vacant(vacant) => {
+                let entry = vacant.insert(fresh(Arc::from(key))).into_mut();
+                (entry.token, Arc::clone(&entry.key))
             }
         };
-        ready(Ok(claim))
+        shard.removals.schedule(now, lease, hash, key);
+        ready(Ok(Claim::Acquired(token)))
     }
 
     fn renew(
@@ -279,18 +339,8 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key, now);
-        let renewed = match shard.owned(key, token, now) {
-            Some(entry) => {
-                entry.deadline = now + lease;
-                true
-            }
-            None => false,
-        };
-        if renewed {
-            shard.set_deadline(key, now, lease);
-        }
-        ready(Ok(renewed))
+        let (mut shard, hash) = self.shard(key, now);
+        ready(Ok(shard.extend_owned(hash, key, token, now, lease, None)))
     }
 
     fn complete(
@@ -301,19 +351,15 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key, now);
-        let completed = match shard.owned(key, token, now) {
-            Some(entry) => {
-                entry.deadline = now + ttl;
-                entry.response = Some(response.clone());
-                true
-            }
-            None => false,
-        };
-        if completed {
-            shard.set_deadline(key, now, ttl);
-        }
-        ready(Ok(completed))
+        let (mut shard, hash) = self.shard(key, now);
+        ready(Ok(shard.extend_owned(
+            hash,
+            key,
+            token,
+            now,
+            ttl,
+            Some(response),
+        )))
     }
 
     fn release(
@@ -322,20 +368,28 @@ impl Store for MemoryStore {
         token: FencingToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let now = Instant::now();
-        let mut shard = self.shard(key, now);
-        let released = shard.owned(key, token, now).is_some();
-        if released {
-            shard.entries.remove(key);
-        }
+        let (mut shard, hash) = self.shard(key, now);
+        let owned = shard.entries.find_entry(hash.0, |e| *e.key == *key);
+        let released = match owned {
+            Ok(entry)
+                if entry.get().token == token
+                    && entry.get().response.is_none()
+                    && entry.get().deadline > now =>
+            {
+                entry.remove();
+                true
+            }
+            _ => false,
+        };
         ready(Ok(released))
     }
 
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         let now = Instant::now();
-        let shard = self.shard(key, now);
+        let (shard, hash) = self.shard(key, now);
         let record = shard
             .entries
-            .get(key)
+            .find(hash.0, |e| *e.key == *key)
             .filter(|e| e.deadline > now)
             .map(|e| e.record(now));
         ready(Ok(record))
@@ -384,6 +438,47 @@ mod tests {
             assert_eq!(store.purge_expired(), 1, "after {elapsed} s");
             assert_eq!(store.len() as u64, durations - elapsed);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_claim_not_yet_swept_is_taken_over_in_place() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"x");
+        let second = Duration::from_secs(1);
+        let shard_of = |key: &str| Hash(store.inner.hasher.hash_one(key)).shard();
+        // More lapsed entries ahead of `k` in its shard than one operation sweeps.
+        let ahead: Vec<String> = (0..)
+            .map(|i| format!("f{i}"))
+            .filter(|key| shard_of(key) == shard_of("k"))
+            .take(SWEEP_BATCH + 8)
+            .collect();
+        for key in &ahead {
+            store.claim(key, fp, second).await.unwrap();
+        }
+        let Claim::Acquired(lapsed) = store.claim("k", fp, second).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        tokio::time::advance(2 * second).await;
+
+        let Claim::Acquired(token) = store.claim("k", fp, second).await.unwrap() else {
+            panic!("a lapsed claim is taken over");
+        };
+        assert_ne!(token, lapsed);
+        let response = StoredResponse::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"done"),
+        );
+        let day = Duration::from_secs(86_400);
+        assert!(!store.complete("k", lapsed, &response, day).await.unwrap());
+        assert!(store.complete("k", token, &response, day).await.unwrap());
+        // The other lapsed entries go; the lapsed claim's removal is stale.
+        store.purge_expired();
+        assert_eq!(store.len(), 1);
+        assert!(matches!(
+            store.lookup("k").await.unwrap(),
+            Some(Record::Completed { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
