@@ -95,18 +95,24 @@ impl StoredHeaders {
         }
     }
 
-    fn filter(&self, headers: &HeaderMap) -> HeaderMap {
-        let mut kept = HeaderMap::with_capacity(headers.len());
-        for (name, value) in headers {
-            if self.keeps(name) {
-                kept.append(name.clone(), value.clone());
-            }
-        }
-        kept
+    fn filter(&self, headers: &HeaderMap) -> Arc<[Header]> {
+        headers
+            .iter()
+            .filter(|(name, _)| self.keeps(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect::<Vec<_>>()
+            .into()
     }
 }
 
+/// A stored header: its name and its value.
+type Header = (HeaderName, HeaderValue);
+
 /// A response as the store keeps it.
+///
+/// Two stored responses are equal when their status, body and headers are: as with a
+/// [`HeaderMap`], the values of one header name compare in order, and different names
+/// in any order.
 ///
 /// ```
 /// use idempotent_runtime::StoredResponse;
@@ -117,14 +123,40 @@ impl StoredHeaders {
 /// let stored = StoredResponse::new(StatusCode::CREATED, headers, "{\"id\":7}".into());
 /// let bytes = stored.to_bytes();
 /// assert_eq!(StoredResponse::from_bytes(&bytes).unwrap(), stored);
+/// assert_eq!(stored.headers()[0].1, "/orders/7");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct StoredResponse {
     status: StatusCode,
-    /// Shared, so that a store keeping the response in memory clones it for free.
-    headers: Arc<HeaderMap>,
+    /// A shared list, not a map: one allocation where a `HeaderMap` takes three, and
+    /// a store that keeps the response in memory clones it for free. A replay builds
+    /// its map anyway.
+    headers: Arc<[Header]>,
     body: Bytes,
 }
+
+impl PartialEq for StoredResponse {
+    fn eq(&self, other: &Self) -> bool {
+        fn values<'a>(
+            headers: &'a [Header],
+            name: &'a HeaderName,
+        ) -> impl Iterator<Item = &'a HeaderValue> {
+            headers
+                .iter()
+                .filter(move |(n, _)| n == name)
+                .map(|(_, value)| value)
+        }
+        self.status == other.status
+            && self.body == other.body
+            && self.headers.len() == other.headers.len()
+            && self
+                .headers
+                .iter()
+                .all(|(name, _)| values(&self.headers, name).eq(values(&other.headers, name)))
+    }
+}
+
+impl Eq for StoredResponse {}
 
 impl fmt::Debug for StoredResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -152,19 +184,16 @@ const MAGIC: &[u8; 4] = b"IDR1";
 
 impl StoredResponse {
     /// A response to store; headers that must never be replayed are dropped.
-    pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Self {
-        for name in &NEVER_STORED {
-            headers.remove(name);
-        }
-        Self::kept(status, headers, body)
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self::kept(status, StoredHeaders::All.filter(&headers), body)
     }
 
     /// A response whose headers were already chosen by [`StoredHeaders::filter`], which
     /// leaves out the never-stored ones.
-    fn kept(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+    fn kept(status: StatusCode, headers: Arc<[Header]>, body: Bytes) -> Self {
         Self {
             status,
-            headers: Arc::new(headers),
+            headers,
             body,
         }
     }
@@ -174,8 +203,8 @@ impl StoredResponse {
         self.status
     }
 
-    /// The stored headers.
-    pub fn headers(&self) -> &HeaderMap {
+    /// The stored headers, in the order the handler gave them, repeated names included.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.headers
     }
 
@@ -214,18 +243,18 @@ impl StoredResponse {
         buf.advance(4);
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("bad status"))?;
         let count = buf.get_u32() as usize;
-        let mut headers = HeaderMap::with_capacity(count.min(64));
+        let mut headers = Vec::with_capacity(count.min(64));
         for _ in 0..count {
             let name = take(&mut buf, 2)?;
             let name = HeaderName::from_bytes(name).map_err(|_| DecodeError("bad header name"))?;
             let value = take(&mut buf, 4)?;
             let value =
                 HeaderValue::from_bytes(value).map_err(|_| DecodeError("bad header value"))?;
-            headers.append(name, value);
+            headers.push((name, value));
         }
         Ok(Self {
             status,
-            headers: Arc::new(headers),
+            headers: headers.into(),
             body: Bytes::copy_from_slice(buf),
         })
     }
@@ -236,19 +265,23 @@ impl StoredResponse {
         // `Content-Length`, which is never stored and which the server sets. A copy of the
         // stored map is full, and growing it would reallocate and rehash it on every replay.
         const ADDED: usize = 2;
-        let headers = match Arc::try_unwrap(self.headers) {
-            Ok(mut headers) => {
-                headers.reserve(ADDED);
-                headers
+        let mut stored = self.headers;
+        let mut headers = HeaderMap::with_capacity(stored.len() + ADDED);
+        match Arc::get_mut(&mut stored) {
+            // Read back from a store for this replay alone: moved, not cloned.
+            Some(owned) => {
+                for (name, value) in owned {
+                    let name = std::mem::replace(name, header::CONTENT_TYPE);
+                    let value = std::mem::replace(value, HeaderValue::from_static(""));
+                    headers.append(name, value);
+                }
             }
-            Err(shared) => {
-                let mut headers = HeaderMap::with_capacity(shared.len() + ADDED);
-                for (name, value) in shared.iter() {
+            None => {
+                for (name, value) in stored.iter() {
                     headers.append(name.clone(), value.clone());
                 }
-                headers
             }
-        };
+        }
         let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = headers;
@@ -386,12 +419,31 @@ mod tests {
         headers.insert("connection", "close".parse().unwrap());
         let stored =
             StoredResponse::new(StatusCode::CREATED, headers, Bytes::from_static(&[0, 1, 2]));
-        assert!(stored.headers().get("set-cookie").is_none());
-        assert!(stored.headers().get("connection").is_none());
+        let names: Vec<&str> = stored.headers().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["vary", "vary", "x-bin"],
+            "set-cookie and connection dropped"
+        );
         let back = StoredResponse::from_bytes(&stored.to_bytes()).unwrap();
         assert_eq!(back, stored);
-        assert_eq!(back.headers().get_all("vary").iter().count(), 2);
-        assert_eq!(back.headers()["x-bin"].as_bytes(), &[0xff, 0x80]);
+        assert_eq!(back.headers()[2].1.as_bytes(), &[0xff, 0x80]);
+    }
+
+    #[test]
+    fn equality_is_that_of_a_header_map() {
+        let stored = |headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for &(name, value) in headers {
+                map.append(name, HeaderValue::from_static(value));
+            }
+            StoredResponse::new(StatusCode::OK, map, Bytes::from_static(b"x"))
+        };
+        let one = stored(&[("vary", "a"), ("vary", "b"), ("etag", "1")]);
+        assert_eq!(one, stored(&[("etag", "1"), ("vary", "a"), ("vary", "b")]));
+        assert_ne!(one, stored(&[("vary", "b"), ("vary", "a"), ("etag", "1")]));
+        assert_ne!(one, stored(&[("vary", "a"), ("etag", "1")]));
+        assert_ne!(one, stored(&[("vary", "a"), ("vary", "b"), ("etag", "2")]));
     }
 
     #[test]

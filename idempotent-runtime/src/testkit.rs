@@ -147,7 +147,7 @@ pub async fn complete_then_replay<S: Store>(store: &S, key: &str) {
                 "the stored response must come back byte for byte"
             );
             assert_eq!(
-                stored.headers().get_all("vary").iter().count(),
+                stored.headers().iter().filter(|(n, _)| n == "vary").count(),
                 2,
                 "repeated headers are kept"
             );
