@@ -213,6 +213,19 @@ impl StoredResponse {
         &self.body
     }
 
+    /// A copy to keep for a long time: a small body is copied rather than shared, so
+    /// that the handler's whole buffer (serialisers grow theirs by doubling) is not
+    /// kept with it.
+    pub(crate) fn to_kept(&self) -> Self {
+        /// Up to this size, a body is copied.
+        const COPIED: usize = 4096;
+        let mut kept = self.clone();
+        if kept.body.len() <= COPIED {
+            kept.body = Bytes::copy_from_slice(&self.body);
+        }
+        kept
+    }
+
     /// A compact binary form for stores that keep bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let headers_len: usize = self
@@ -444,6 +457,21 @@ mod tests {
         assert_ne!(one, stored(&[("vary", "b"), ("vary", "a"), ("etag", "1")]));
         assert_ne!(one, stored(&[("vary", "a"), ("etag", "1")]));
         assert_ne!(one, stored(&[("vary", "a"), ("vary", "b"), ("etag", "2")]));
+    }
+
+    #[test]
+    fn a_kept_copy_holds_a_small_body_of_its_own_and_shares_a_large_one() {
+        let mut buffer = Vec::with_capacity(128);
+        buffer.extend_from_slice(b"{\"id\":7}");
+        let small = StoredResponse::new(StatusCode::OK, HeaderMap::new(), buffer.into());
+        let kept = small.to_kept();
+        assert_eq!(kept, small);
+        assert_ne!(kept.body().as_ptr(), small.body().as_ptr(), "copied");
+
+        let large = StoredResponse::new(StatusCode::OK, HeaderMap::new(), vec![7; 10_000].into());
+        let kept = large.to_kept();
+        assert_eq!(kept, large);
+        assert_eq!(kept.body().as_ptr(), large.body().as_ptr(), "shared");
     }
 
     #[test]

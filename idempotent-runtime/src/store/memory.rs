@@ -232,7 +232,7 @@ impl Shard {
         }
         entry.deadline = now + duration;
         if let Some(response) = response {
-            entry.response = Some(response.clone());
+            entry.response = Some(response.to_kept());
         }
         let key = Arc::clone(&entry.key);
         self.removals.schedule(now, duration, hash, key);
