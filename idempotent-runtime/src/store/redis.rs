@@ -297,7 +297,14 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn record_key(&self, key: &str) -> String {
-        format!("{}:{{{key}}}", self.prefix)
+        // Built at its final size: `format!` sizes its string by the literal parts and
+        // grew it several times on every operation.
+        let mut record_key = String::with_capacity(self.prefix.len() + key.len() + 3);
+        record_key.push_str(&self.prefix);
+        record_key.push_str(":{");
+        record_key.push_str(key);
+        record_key.push('}');
+        record_key
     }
 
     /// Loads the scripts into the server (every master of a Cluster), so that no request
@@ -534,10 +541,13 @@ impl Store for RedisStore {
         let record_key = self.record_key(key);
         async move {
             let token = FencingToken::random();
-            let mut command = ::redis::cmd("SET");
+            let record = in_flight_record(&fingerprint, token, lease);
+            // Sized up front (seven arguments, all but the key short) rather than grown.
+            let mut command = Cmd::with_capacity(7, record_key.len() + record.len() + 32);
             command
+                .arg("SET")
                 .arg(&record_key)
-                .arg(in_flight_record(&fingerprint, token, lease))
+                .arg(record)
                 .arg("NX")
                 .arg("GET")
                 .arg("PX")
