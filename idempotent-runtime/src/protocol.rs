@@ -25,7 +25,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::handler::Handler;
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 use crate::key::{self, KeyError, KeySource};
 use crate::policy::StatusPolicy;
 use crate::problem::{Problem, ProblemKind};
-use crate::response::{Captured, capture};
+use crate::response::{Captured, Chunks, capture};
 use crate::store::{BoxFuture, Claim, FencingToken, Record, StoreError};
 use crate::{Fingerprint, Idempotency, IdempotencyState, StoredResponse};
 
@@ -358,10 +358,9 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Pro
         return Err(too_large());
     }
     // Read frame by frame rather than through `collect`, whose list of chunks costs an
-    // allocation: most bodies are one chunk, kept as it is.
+    // allocation even for the usual body of one chunk.
     let mut body = Limited::new(body, limit);
-    let mut whole = Bytes::new();
-    let mut joined = BytesMut::new();
+    let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
         let data = match frame {
             Ok(frame) => match frame.into_data() {
@@ -379,20 +378,9 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Pro
                 ));
             }
         };
-        if whole.is_empty() {
-            whole = data;
-        } else {
-            if joined.is_empty() {
-                joined.extend_from_slice(&whole);
-            }
-            joined.extend_from_slice(&data);
-        }
+        chunks.push(data);
     }
-    Ok(if joined.is_empty() {
-        whole
-    } else {
-        joined.freeze()
-    })
+    Ok(chunks.into_bytes())
 }
 
 /// A short, log-safe name for a store key (itself a hash, never the raw key).

@@ -332,6 +332,51 @@ pub(crate) enum Captured {
     Failed(axum::Error),
 }
 
+/// A body's data as its frames arrive. Most bodies are one chunk: it is kept as it is,
+/// with no list and no copy; several are joined once, at the end, at their total size.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    pub(crate) fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        match self.first {
+            None => self.first = Some(data),
+            Some(_) => self.rest.push(data),
+        }
+    }
+
+    /// The bytes pushed so far.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The chunks, in order, for a body that is passed on rather than kept.
+    fn into_list(self) -> Vec<Bytes> {
+        self.first.into_iter().chain(self.rest).collect()
+    }
+
+    /// The whole body.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self.first {
+            None => Bytes::new(),
+            Some(only) if self.rest.is_empty() => only,
+            Some(first) => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                joined.put_slice(&first);
+                for chunk in &self.rest {
+                    joined.put_slice(chunk);
+                }
+                joined.freeze()
+            }
+        }
+    }
+}
+
 /// Buffers a response body up to `limit` bytes.
 pub(crate) async fn capture(
     response: Response,
@@ -339,10 +384,7 @@ pub(crate) async fn capture(
     stored_headers: &StoredHeaders,
 ) -> Captured {
     let (parts, mut body) = response.into_parts();
-    // Most bodies are one chunk: it is kept as it is, with no list and no copy.
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
+    let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -352,31 +394,16 @@ pub(crate) async fn capture(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total += data.len();
-        match first {
-            None => first = Some(data),
-            Some(_) => rest.push(data),
-        }
-        if total > limit {
+        chunks.push(data);
+        if chunks.len() > limit {
             let body = Body::new(Prefixed {
-                prefix: first.into_iter().chain(rest).collect(),
+                prefix: chunks.into_list(),
                 rest: body,
             });
             return Captured::TooLarge(Response::from_parts(parts, body));
         }
     }
-    let body = match first {
-        None => Bytes::new(),
-        Some(only) if rest.is_empty() => only,
-        Some(first) => {
-            let mut joined = BytesMut::with_capacity(total);
-            joined.put_slice(&first);
-            for chunk in &rest {
-                joined.put_slice(chunk);
-            }
-            joined.freeze()
-        }
-    };
+    let body = chunks.into_bytes();
     let stored = StoredResponse::kept(
         parts.status,
         stored_headers.filter(&parts.headers),
