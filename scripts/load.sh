@@ -171,16 +171,25 @@ field() {
 # total NAME ROUNDS: the sum over the rounds.
 total() { tr '| ' '\n\n' <<<"$2" | sed -n "s/^$1=//p" | awk '{ s += $1 } END { print s + 0 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
+# spread NAME ROUNDS BASE_ROUNDS: the lowest and highest ratio of NAME to the bare
+# handler's within one round (each round measures both back to back), "0.50–0.62".
+spread() {
+    paste -d' ' <(tr '|' '\n' <<<"$2" | sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p") \
+        <(tr '|' '\n' <<<"$3" | sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p") \
+        | awk '$2 > 0 { r = $1 / $2; if (n == 0 || r < lo) lo = r; if (n == 0 || r > hi) hi = r; n++ }
+               END { if (n) printf "%.2f–%.2f", lo, hi; else print "n/a" }'
+}
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback, median of $ROUNDS rounds;" \
     "bench_server WORKERS=$WORKERS; $(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}."
 echo "Ratios are to STORE=none (the same handler without the attribute) in this run:" \
-    "above 1× is more throughput, or more latency. Errors and handler runs are totals over the rounds."
+    "above 1× is more throughput, or more latency. The range is that of the throughput ratio" \
+    "within each round. Errors and handler runs are totals over the rounds."
 echo
-echo "| store | workload | req/s | × none | p50 ms | × none | p99 ms | × none | HTTP errors | handler runs |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| store | workload | req/s | × none | range | p50 ms | × none | p99 ms | × none | HTTP errors | handler runs |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for store in "${measured[@]}"; do
     for workload in first replay; do
         r=${result[$store,$workload]}
@@ -188,8 +197,8 @@ for store in "${measured[@]}"; do
         rps=$(field rps "$r") p50=$(field p50_us "$r") p99=$(field p99_us "$r")
         errors=$(( $(total http_errors "$r") + $(total socket_errors "$r") ))
         label=$([ "$workload" = first ] && echo "first execution" || echo "replay")
-        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' \
-            "$store" "$label" "$rps" "$(ratio "$rps" "$(field rps "$base")")" \
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$store" "$label" "$rps" "$(ratio "$rps" "$(field rps "$base")")" "$(spread rps "$r" "$base")" \
             "$(ms "$p50")" "$(ratio "$p50" "$(field p50_us "$base")")" \
             "$(ms "$p99")" "$(ratio "$p99" "$(field p99_us "$base")")" \
             "$errors" "$(total runs "$r")"
