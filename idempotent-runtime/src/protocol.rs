@@ -8,10 +8,13 @@
 //!    buffered body (413 past the limit), the fingerprint and the namespaced store key.
 //! 3. `claim`: one store operation; 409 in flight, 422 on a different fingerprint,
 //!    replay when completed, 503 when the store fails.
-//! 4. `execute`: the handler runs in a task of its own (a client that disconnects does
-//!    not cancel it; the task is spawned only if it has to wait, see `detach`), the lease
-//!    is renewed while it runs, then the response is stored under the claim's fencing
-//!    token or the claim is released (status not stored, panic).
+//! 4. `execute`: the lease is renewed while the handler runs, then the response is
+//!    stored under the claim's fencing token or the claim is released (status not
+//!    stored, panic).
+//!
+//! Steps 2 to 4 run in a task of the request's own (`task`), so that a client that
+//! disconnects cancels neither a claim nor the handler it protects; the task is spawned
+//! only if it has to wait (see `detach`).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -108,34 +111,97 @@ impl<S: Clone + Send + Sync> FromRequestParts<S> for RouterState<S> {
 
 /// Runs `handler` under the protocol of `endpoint`; `scope` is the caller's identity
 /// when the endpoint's scope is [`ScopeSource::Extractor`].
+///
+/// Not an `async fn`: the request and the task are built when it is called, so that the
+/// future it returns holds a pointer to the task rather than the request and every step's
+/// state. axum boxes that future (with the handler's wrapper around it) for every
+/// request, and a small box is much cheaper to allocate and to move than a large one.
 #[doc(hidden)]
-pub async fn run<S, H, T>(
+pub fn run<S, H, T>(
     endpoint: &'static Endpoint,
     handler: H,
     request: Request,
     state: S,
     scope: Option<String>,
-) -> Response
+) -> impl Future<Output = Response> + Send
 where
     S: IdempotencyState + Clone + Send + Sync + 'static,
     H: Handler<T, S>,
 {
-    if passes_through(request.method()) {
-        return handler.call(request, state).await;
-    }
-    let idempotency = state.idempotency();
-    let prepared = match prepare(endpoint, &idempotency, request, scope).await {
-        Ok(Prepared::Claim(prepared)) => prepared,
-        Ok(Prepared::PassThrough(request)) => return handler.call(request, state).await,
-        Err(problem) => return problem.into_response(),
+    let start = if passes_through(request.method()) {
+        Start::Handler(handler.call(request, state))
+    } else {
+        let (task, answer) = task(endpoint, handler, request, state, scope);
+        Start::Task(task, answer)
     };
-    // Claim and handler run as a task of their own, so that a client that goes away
-    // cancels neither a claim the store has already granted (the key would stay in flight
-    // until its lease lapsed) nor the handler it protects: the retry then finds the
-    // stored response instead of running the handler again. The task answers through a
-    // channel, so it can answer first and tidy up after (see `claim`).
+    async move {
+        let (task, answer) = match start {
+            Start::Handler(handler) => return handler.await,
+            Start::Task(task, answer) => (task, answer),
+        };
+        detach(task).await;
+        match answer.await {
+            Ok(Answer::Response(response)) => response,
+            Ok(Answer::PassThrough(request, handler, state)) => handler.call(request, state).await,
+            Err(_) => {
+                tracing::error!(target: TARGET, "idempotent request task ended without an answer");
+                Problem::new(ProblemKind::HandlerPanicked, "the request task failed")
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// How a request starts: the handler, for a method the protocol skips, or the task.
+enum Start<F, H, S> {
+    Handler(F),
+    Task(Task, oneshot::Receiver<Answer<H, S>>),
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the request task hands back to the request.
+enum Answer<H, S> {
+    /// The response.
+    Response(Response),
+    /// A request the protocol does not apply to, to run as it is.
+    PassThrough(Request, H, S),
+}
+
+/// The request's task, and where it answers.
+///
+/// Everything from the body on runs in it, so that a client that goes away cancels
+/// neither a claim the store has already granted (the key would stay in flight until its
+/// lease lapsed) nor the handler it protects: the retry then finds the stored response
+/// instead of running the handler again. It answers through a channel, so it can answer
+/// first and tidy up after (see `claim`).
+fn task<S, H, T>(
+    endpoint: &'static Endpoint,
+    handler: H,
+    request: Request,
+    state: S,
+    scope: Option<String>,
+) -> (Task, oneshot::Receiver<Answer<H, S>>)
+where
+    S: IdempotencyState + Clone + Send + Sync + 'static,
+    H: Handler<T, S>,
+{
     let (reply, answer) = oneshot::channel();
     let task = Box::pin(async move {
+        let idempotency = state.idempotency();
+        let prepared = match prepare(endpoint, &idempotency, request, scope).await {
+            Ok(Prepared::Claim(prepared)) => prepared,
+            // Handed back: a request without a key runs in the caller's task, as it would
+            // without the attribute.
+            Ok(Prepared::PassThrough(request)) => {
+                let _ = reply.send(Answer::PassThrough(request, handler, state));
+                return;
+            }
+            Err(problem) => {
+                let _ = reply.send(Answer::Response(problem.into_response()));
+                return;
+            }
+        };
         let Claimable {
             request,
             key,
@@ -145,12 +211,12 @@ where
         let token = match claim(&idempotency, &key, fingerprint, lease).await {
             Claimed::Owned(token) => token,
             Claimed::Answered(response) => {
-                let _ = reply.send(response);
+                let _ = reply.send(Answer::Response(response));
                 return;
             }
             Claimed::Late(response, pending) => {
                 // Answered first: the client does not wait for the tidying up.
-                let _ = reply.send(response);
+                let _ = reply.send(Answer::Response(response));
                 release_late(&idempotency, &key, lease, pending, lease).await;
                 return;
             }
@@ -167,16 +233,9 @@ where
         // reserves no room for the handler's state when it only replays.
         let handler = handler.call(request, state);
         // The client may be gone; the work is done either way.
-        let _ = reply.send(run.execute(handler).await);
+        let _ = reply.send(Answer::Response(run.execute(handler).await));
     });
-    detach(task).await;
-    match answer.await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!(target: TARGET, "idempotent request task ended without an answer");
-            Problem::new(ProblemKind::HandlerPanicked, "the request task failed").into_response()
-        }
-    }
+    (task, answer)
 }
 
 /// Runs `task` to completion whatever happens to the caller: its first poll happens
@@ -186,7 +245,7 @@ where
 /// and its record: the caller can only be dropped while awaiting, and by then the task is
 /// finished or spawned. A panic in the task (never the handler's, which `execute`
 /// catches) ends it without an answer, as it would end a spawned task.
-async fn detach(mut task: Pin<Box<dyn Future<Output = ()> + Send>>) {
+async fn detach(mut task: Task) {
     let first = poll_once(std::pin::pin!(
         AssertUnwindSafe(task.as_mut()).catch_unwind()
     ))
@@ -698,5 +757,64 @@ impl Problem {
         let status = StatusCode::from_u16(self.kind().status()).unwrap_or(StatusCode::CONFLICT);
         let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
         StoredResponse::new(status, headers, body.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    async fn create(body: String) -> (StatusCode, String) {
+        (StatusCode::CREATED, body)
+    }
+
+    fn post(key: Option<&str>) -> Request {
+        let mut request = Request::post("/orders");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.body(Body::from("one widget")).unwrap()
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_future_of_a_request_holds_the_task_not_the_request() {
+        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
+        let idempotency = Idempotency::new(MemoryStore::new());
+        let future = run(
+            &ENDPOINT,
+            create,
+            post(Some("k1")),
+            idempotency.clone(),
+            None,
+        );
+        // axum boxes this future, wrapped, for every request; about 1 900 bytes when it held the
+        // request and the state of every step, too large for glibc's fast path for the box.
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 512, "the request future is {size} bytes");
+        let first = future.await;
+        assert_eq!(first.status(), StatusCode::CREATED);
+        assert_eq!(text(first).await, "one widget");
+
+        let replay = run(
+            &ENDPOINT,
+            create,
+            post(Some("k1")),
+            idempotency.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(replay.status(), StatusCode::CREATED);
+        assert!(replay.headers().contains_key("idempotent-replayed"));
+        // Without a key, the request is handed back and runs as it is.
+        let bare = run(&ENDPOINT, create, post(None), idempotency, None).await;
+        assert_eq!(bare.status(), StatusCode::CREATED);
+        assert!(!bare.headers().contains_key("idempotent-replayed"));
+        assert_eq!(text(bare).await, "one widget");
     }
 }
