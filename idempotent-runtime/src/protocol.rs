@@ -116,6 +116,8 @@ impl<S: Clone + Send + Sync> FromRequestParts<S> for RouterState<S> {
 /// future it returns holds a pointer to the task rather than the request and every step's
 /// state. axum boxes that future (with the handler's wrapper around it) for every
 /// request, and a small box is much cheaper to allocate and to move than a large one.
+/// Nothing runs until that future is first polled: dropped before, it drops the task
+/// unstarted, with nothing read or claimed.
 #[doc(hidden)]
 pub fn run<S, H, T>(
     endpoint: &'static Endpoint,
@@ -816,5 +818,17 @@ mod tests {
         assert_eq!(bare.status(), StatusCode::CREATED);
         assert!(!bare.headers().contains_key("idempotent-replayed"));
         assert_eq!(text(bare).await, "one widget");
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_first_poll_claims_nothing() {
+        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
+        let idempotency = Idempotency::new(MemoryStore::new());
+        let store = idempotency.clone();
+        drop(run(&ENDPOINT, create, post(Some("k2")), store, None));
+        // Had the dropped request claimed the key, this one would get a 409.
+        let response = run(&ENDPOINT, create, post(Some("k2")), idempotency, None).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert!(!response.headers().contains_key("idempotent-replayed"));
     }
 }
