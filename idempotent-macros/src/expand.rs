@@ -13,8 +13,8 @@
 //!
 //! ```text
 //! pub async fn create<__S, __M>(
-//!     __private::RouterState(__state): __private::RouterState<__S>,
-//!     __request: __private::Request,
+//!     __private::RouterState(__idempotent_state): __private::RouterState<__S>,
+//!     __idempotent_request: __private::Request,
 //! ) -> __private::Response
 //! where
 //!     __S: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
@@ -27,32 +27,32 @@
 //!         scope: __private::ScopeSource::Extractor,
 //!         ..__private::Endpoint::DEFAULT
 //!     };
-//!     let __handler = |State(db): State<Db>, Json(order): Json<Order>| async move {
-//!         let __output = async move {
+//!     let __idempotent_handler = |State(db): State<Db>, Json(order): Json<Order>| async move {
+//!         let __idempotent_output = async move {
 //!             if false {
-//!                 let __ret: _ = loop {};   // the declared return type, `impl Trait` erased
-//!                 return __ret;
+//!                 let __idempotent_ret: _ = loop {};   // the declared return type, `impl Trait` erased
+//!                 return __idempotent_ret;
 //!             }
 //!             body
 //!         }
 //!         .await;
-//!         let __output = {
-//!             fn __declared(__value: impl IntoResponse) -> impl IntoResponse {
-//!                 __value
+//!         let __idempotent_output = {
+//!             fn __declared(__idempotent_value: impl IntoResponse) -> impl IntoResponse {
+//!                 __idempotent_value
 //!             }
-//!             __declared(__output)
+//!             __declared(__idempotent_output)
 //!         };
-//!         __private::HandlerOutput::into_response(__output)
+//!         __private::HandlerOutput::into_response(__idempotent_output)
 //!     };
 //!     __private::run_scoped::<__S, _, (__M, State<Db>, Json<Order>), AuthUser>(
-//!         &__ENDPOINT, __handler, __request, __state,
+//!         &__ENDPOINT, __idempotent_handler, __idempotent_request, __idempotent_state,
 //!     )
 //!     .await
 //! }
 //! ```
 //!
 //! Without `scope = Type`, the last call is `__private::run::<__S, _, (..)>(&__ENDPOINT,
-//! __handler, __request, __state, __private::None)`.
+//! __idempotent_handler, __idempotent_request, __idempotent_state, __private::None)`.
 //!
 //! `RouterState<S>` implements `FromRequestParts<S>` for exactly one `S`, which lets the
 //! compiler infer the router state from the router the handler is added to, so the
@@ -78,8 +78,10 @@
 //!   checks the declared bounds and keeps the names in them used. (Left out when the
 //!   type names `Self`, which a nested `fn` cannot use.)
 //!
-//! Internal names (`__state`, `__handler`, ...) use `Span::mixed_site()`, so the user's
-//! code can neither see nor shadow them, and every path starts at
+//! Internal names (`__idempotent_state`, `__idempotent_handler`, ...) use
+//! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
+//! not stop a `const`, `static` or unit struct of the same name in scope from turning a
+//! binding into a pattern, hence the long prefix on every binding. Every path starts at
 //! `::idempotent_runtime::__private`, so a user's `type Result<T> = ...` or
 //! `struct Request;` cannot change what they mean. There are no sibling items, which
 //! would break inside an `impl` block.
@@ -279,11 +281,11 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     let mixed = |name: &str| format_ident!("{}", name, span = Span::mixed_site());
     let state = mixed("__S");
     let via = mixed("__M");
-    let state_value = mixed("__state");
-    let request = mixed("__request");
-    let handler = mixed("__handler");
-    let output = mixed("__output");
-    let ret = mixed("__ret");
+    let state_value = mixed("__idempotent_state");
+    let request = mixed("__idempotent_request");
+    let handler = mixed("__idempotent_handler");
+    let output = mixed("__idempotent_output");
+    let ret = mixed("__idempotent_ret");
     let endpoint_static = mixed("__ENDPOINT");
     let private = private_at(Span::call_site());
 
@@ -337,7 +339,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             eraser.visit_type_mut(&mut erased);
             let declared = (eraser.erased && !mentions_self(ty.to_token_stream())).then(|| {
                 let declared = mixed("__declared");
-                let value = mixed("__value");
+                let value = mixed("__idempotent_value");
                 quote! {
                     let #output = {
                         fn #declared(#value: #ty) -> #ty {
@@ -352,7 +354,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     };
     let private_output = private_at(output_span);
     let output_at_type = format_ident!(
-        "__output",
+        "__idempotent_output",
         span = Span::mixed_site().located_at(output_span)
     );
     let into_response = quote_spanned!(Span::mixed_site().located_at(output_span)=>

@@ -40,6 +40,25 @@ struct Endpoint;
 /// Shadows the macro's generic parameter.
 #[allow(non_camel_case_types)]
 struct __S;
+/// Named like a binding of the expansion: a `const`, a `static` or a unit struct in scope
+/// with a binding's name would turn that binding into a pattern.
+#[allow(non_upper_case_globals)]
+const __state: u8 = 0;
+/// A unit struct named like a binding.
+#[allow(non_camel_case_types)]
+struct __request;
+/// A static named like a binding.
+#[allow(non_upper_case_globals)]
+static __handler: u8 = 0;
+/// A constant named like a binding.
+#[allow(non_upper_case_globals)]
+const __output: u8 = 0;
+/// A constant named like a binding.
+#[allow(non_upper_case_globals)]
+const __ret: u8 = 0;
+/// A constant named like a binding.
+#[allow(non_upper_case_globals)]
+const __value: u8 = 0;
 
 /// The user's error type.
 #[derive(Debug)]
@@ -63,6 +82,7 @@ struct AppState {
 async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response> {
     #![allow(clippy::needless_return)]
     let _ = (Request, Option::Some, Option::None, Duration, Endpoint, __S);
+    let _ = (__state, __request, __handler, __output, __ret, __value);
     if n == 0 {
         return Err(MyError);
     }
