@@ -35,6 +35,10 @@ use proc_macro::TokenStream;
 /// Every argument has a runnable example in the `idempotent-runtime` crate docs, which
 /// also describe the protocol and the stores. Mistakes are compile errors at the
 /// argument, with the fix.
+///
+/// Attributes that wrap or inspect the function, like `#[tracing::instrument]`, go above
+/// `#[idempotent]`, where they see the handler's own arguments; below it they would see
+/// the generated wrapper's, and `#[instrument]` there is a compile error.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(args.into(), item.into()).into()

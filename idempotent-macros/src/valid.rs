@@ -130,6 +130,31 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
         );
     }
     check_body_last(func, errors);
+    check_attributes_below(func, errors);
+}
+
+/// An attribute below `#[idempotent]` applies to what it generates: a wrapper taking the
+/// router state and the raw request. For `#[instrument]` that means a compile error about
+/// `Debug` deep in tracing's expansion, or spans that record the wrong arguments.
+fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
+    for attr in &func.attrs {
+        let path = attr.path();
+        let Some(last) = path.segments.last() else {
+            continue;
+        };
+        if last.ident == "instrument" {
+            let name = path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<Vec<_>>()
+                .join("::");
+            errors.error(
+                last.ident.span(),
+                format!("`#[{name}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments"),
+            );
+        }
+    }
 }
 
 /// Only the last argument may consume the body (`Json`, `String`, `Bytes`, ...): axum
