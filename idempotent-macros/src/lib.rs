@@ -38,7 +38,8 @@ use proc_macro::TokenStream;
 ///
 /// Attributes that wrap or inspect the function, like `#[tracing::instrument]`, go above
 /// `#[idempotent]`, where they see the handler's own arguments; below it they would see
-/// the generated wrapper's, and `#[instrument]` there is a compile error.
+/// the generated wrapper's, and `#[instrument]` there is a compile error. axum's
+/// `#[debug_handler]` cannot be combined with it.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(args.into(), item.into()).into()

@@ -135,23 +135,28 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
 
 /// An attribute below `#[idempotent]` applies to what it generates: a wrapper taking the
 /// router state and the raw request. For `#[instrument]` that means a compile error about
-/// `Debug` deep in tracing's expansion, or spans that record the wrong arguments.
+/// `Debug` deep in tracing's expansion, or spans that record the wrong arguments; axum's
+/// `#[debug_handler]` rejects the wrapper as generic (and above, it calls the handler with
+/// the arguments the wrapper replaced).
 fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
     for attr in &func.attrs {
         let path = attr.path();
         let Some(last) = path.segments.last() else {
             continue;
         };
+        let name = || {
+            let segments: Vec<_> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+            segments.join("::")
+        };
         if last.ident == "instrument" {
-            let name = path
-                .segments
-                .iter()
-                .map(|s| s.ident.to_string())
-                .collect::<Vec<_>>()
-                .join("::");
             errors.error(
                 last.ident.span(),
-                format!("`#[{name}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments"),
+                format!("`#[{}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments", name()),
+            );
+        } else if last.ident == "debug_handler" {
+            errors.error(
+                last.ident.span(),
+                format!("`#[{}]` cannot be combined with `#[idempotent]`, above or below it: it checks the function `#[idempotent]` replaces\nremove it; an argument that is not an extractor is reported where the handler is added to the router, with a note at the argument", name()),
             );
         }
     }
