@@ -175,8 +175,9 @@ enum Answer<H, S> {
 /// Everything from the body on runs in it, so that a client that goes away cancels
 /// neither a claim the store has already granted (the key would stay in flight until its
 /// lease lapsed) nor the handler it protects: the retry then finds the stored response
-/// instead of running the handler again. It answers through a channel, so it can answer
-/// first and tidy up after (see `claim`).
+/// instead of running the handler again. Until the claim, giving up the request still
+/// ends the task. It answers through a channel, so it can answer first and tidy up after
+/// (see `claim`).
 fn task<S, H, T>(
     endpoint: &'static Endpoint,
     handler: H,
@@ -188,10 +189,18 @@ where
     S: IdempotencyState + Clone + Send + Sync + 'static,
     H: Handler<T, S>,
 {
-    let (reply, answer) = oneshot::channel();
+    let (mut reply, answer) = oneshot::channel();
     let task = Box::pin(async move {
         let idempotency = state.idempotency();
-        let prepared = match prepare(endpoint, &idempotency, request, scope).await {
+        let prepared = tokio::select! {
+            biased;
+            prepared = prepare(endpoint, &idempotency, request, scope) => prepared,
+            // The request was given up (the client went away, a timeout layer dropped it)
+            // while its body was still arriving: nothing is claimed yet, so stop reading
+            // it, as the request's own future would have.
+            () = reply.closed() => return,
+        };
+        let prepared = match prepared {
             Ok(Prepared::Claim(prepared)) => prepared,
             // Handed back: a request without a key runs in the caller's task, as it would
             // without the attribute.
@@ -818,6 +827,30 @@ mod tests {
         assert_eq!(bare.status(), StatusCode::CREATED);
         assert!(!bare.headers().contains_key("idempotent-replayed"));
         assert_eq!(text(bare).await, "one widget");
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_while_its_body_arrives_stops_reading_it() {
+        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
+        let idempotency = Idempotency::new(MemoryStore::new());
+        let (body, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let request = Request::post("/orders")
+            .header("idempotency-key", "k3")
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let mut future = Box::pin(run(&ENDPOINT, create, request, idempotency.clone(), None));
+        // The body never comes: the task waits for it, spawned.
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut future).await;
+        assert!(waited.is_err(), "the request answered without its body");
+        drop(future);
+        // The task lets go of the body once the request is dropped; it used to hold it
+        // until the connection closed.
+        let released = tokio::time::timeout(Duration::from_secs(10), body.closed()).await;
+        assert!(released.is_ok(), "the body is still being read");
+        // And the key was never claimed.
+        let response = run(&ENDPOINT, create, post(Some("k3")), idempotency, None).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
     }
 
     #[tokio::test]
