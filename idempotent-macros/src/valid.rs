@@ -137,7 +137,7 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
 /// router state and the raw request. For `#[instrument]` that means a compile error about
 /// `Debug` deep in tracing's expansion, or spans that record the wrong arguments; axum's
 /// `#[debug_handler]` rejects the wrapper as generic (and above, it calls the handler with
-/// the arguments the wrapper replaced).
+/// the arguments the wrapper replaced); a second `#[idempotent]` would too.
 fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
     for attr in &func.attrs {
         let path = attr.path();
@@ -152,6 +152,11 @@ fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
             errors.error(
                 last.ident.span(),
                 format!("`#[{}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments", name()),
+            );
+        } else if last.ident == "idempotent" {
+            errors.error(
+                last.ident.span(),
+                "`#[idempotent]` is applied twice to this handler\nkeep one, with all the arguments it needs",
             );
         } else if last.ident == "debug_handler" {
             errors.error(
