@@ -106,7 +106,7 @@ impl StoredHeaders {
 }
 
 /// A stored header: its name and its value.
-type Header = (HeaderName, HeaderValue);
+pub(crate) type Header = (HeaderName, HeaderValue);
 
 /// A response as the store keeps it.
 ///
@@ -215,15 +215,25 @@ impl StoredResponse {
 
     /// A copy to keep for a long time: a small body is copied rather than shared, so
     /// that the handler's whole buffer (serialisers grow theirs by doubling) is not
-    /// kept with it.
-    pub(crate) fn to_kept(&self) -> Self {
+    /// kept with it. Headers equal to `shared` (the last list kept) share it, since most
+    /// responses of a service carry the same few; otherwise they become the new `shared`.
+    pub(crate) fn to_kept(&self, shared: &mut Option<Arc<[Header]>>) -> Self {
         /// Up to this size, a body is copied.
         const COPIED: usize = 4096;
-        let mut kept = self.clone();
-        if kept.body.len() <= COPIED {
-            kept.body = Bytes::copy_from_slice(&self.body);
+        let headers = match shared {
+            Some(shared) if **shared == *self.headers => Arc::clone(shared),
+            _ => Arc::clone(shared.insert(Arc::clone(&self.headers))),
+        };
+        let body = if self.body.len() <= COPIED {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.clone()
+        };
+        Self {
+            status: self.status,
+            headers,
+            body,
         }
-        kept
     }
 
     /// A compact binary form for stores that keep bytes.
@@ -491,14 +501,38 @@ mod tests {
         let mut buffer = Vec::with_capacity(128);
         buffer.extend_from_slice(b"{\"id\":7}");
         let small = StoredResponse::new(StatusCode::OK, HeaderMap::new(), buffer.into());
-        let kept = small.to_kept();
+        let kept = small.to_kept(&mut None);
         assert_eq!(kept, small);
         assert_ne!(kept.body().as_ptr(), small.body().as_ptr(), "copied");
 
         let large = StoredResponse::new(StatusCode::OK, HeaderMap::new(), vec![7; 10_000].into());
-        let kept = large.to_kept();
+        let kept = large.to_kept(&mut None);
         assert_eq!(kept, large);
         assert_eq!(kept.body().as_ptr(), large.body().as_ptr(), "shared");
+    }
+
+    #[test]
+    fn kept_copies_with_equal_headers_share_one_list() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            StoredResponse::new(StatusCode::CREATED, headers, Bytes::from_static(b"{}"))
+        };
+        let mut shared = None;
+        let first = with("application/json").to_kept(&mut shared);
+        let second = with("application/json").to_kept(&mut shared);
+        assert_eq!(second, with("application/json"));
+        assert_eq!(
+            first.headers().as_ptr(),
+            second.headers().as_ptr(),
+            "one list"
+        );
+        // Other headers are kept as they are, and become the list to share.
+        let other = with("text/plain").to_kept(&mut shared);
+        assert_eq!(other, with("text/plain"));
+        assert_ne!(other.headers().as_ptr(), first.headers().as_ptr());
+        let again = with("text/plain").to_kept(&mut shared);
+        assert_eq!(other.headers().as_ptr(), again.headers().as_ptr());
     }
 
     #[test]

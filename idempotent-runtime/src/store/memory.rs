@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
+use crate::response::Header;
 use crate::{Fingerprint, StoredResponse};
 
 /// How many expired entries one operation removes at most.
@@ -98,6 +99,8 @@ struct Shard {
     /// When to look at which entry again; stale removals (the entry was renewed,
     /// completed or replaced since) are skipped.
     removals: Removals,
+    /// The header list last kept, shared by the records whose headers equal it.
+    headers: Option<Arc<[Header]>>,
 }
 
 /// An entry to look at again when its deadline has passed. The key is the entry's own,
@@ -232,7 +235,7 @@ impl Shard {
         }
         entry.deadline = now + duration;
         if let Some(response) = response {
-            entry.response = Some(response.to_kept());
+            entry.response = Some(response.to_kept(&mut self.headers));
         }
         let key = Arc::clone(&entry.key);
         self.removals.schedule(now, duration, hash, key);
