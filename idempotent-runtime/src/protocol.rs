@@ -200,8 +200,12 @@ where
             // it, as the request's own future would have.
             () = reply.closed() => return,
         };
-        let prepared = match prepared {
-            Ok(Prepared::Claim(prepared)) => prepared,
+        let Claimable {
+            request,
+            key,
+            fingerprint,
+        } = match prepared {
+            Ok(Prepared::Claim(claimable)) => claimable,
             // Handed back: a request without a key runs in the caller's task, as it would
             // without the attribute.
             Ok(Prepared::PassThrough(request)) => {
@@ -213,11 +217,6 @@ where
                 return;
             }
         };
-        let Claimable {
-            request,
-            key,
-            fingerprint,
-        } = prepared;
         let lease = endpoint.lease.unwrap_or(idempotency.lease());
         let token = match claim(&idempotency, &key, fingerprint, lease).await {
             Claimed::Owned(token) => token,
@@ -776,6 +775,8 @@ mod tests {
     use super::*;
     use crate::MemoryStore;
 
+    static ENDPOINT: Endpoint = Endpoint::DEFAULT;
+
     async fn create(body: String) -> (StatusCode, String) {
         (StatusCode::CREATED, body)
     }
@@ -795,7 +796,6 @@ mod tests {
 
     #[tokio::test]
     async fn the_future_of_a_request_holds_the_task_not_the_request() {
-        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
         let idempotency = Idempotency::new(MemoryStore::new());
         let future = run(
             &ENDPOINT,
@@ -831,7 +831,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_given_up_while_its_body_arrives_stops_reading_it() {
-        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
         let idempotency = Idempotency::new(MemoryStore::new());
         let (body, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -855,7 +854,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_dropped_before_its_first_poll_claims_nothing() {
-        static ENDPOINT: Endpoint = Endpoint::DEFAULT;
         let idempotency = Idempotency::new(MemoryStore::new());
         let store = idempotency.clone();
         drop(run(&ENDPOINT, create, post(Some("k2")), store, None));
