@@ -180,6 +180,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether this is a live claim, in flight under `token`: what renewing, completing
+    /// and releasing require.
+    fn owned_by(&self, token: FencingToken, now: Instant) -> bool {
+        self.token == token && self.response.is_none() && self.deadline > now
+    }
+
     fn record(&self, now: Instant) -> Record {
         match &self.response {
             Some(response) => Record::Completed {
@@ -230,7 +236,7 @@ impl Shard {
         let Some(entry) = self.entries.find_mut(hash.0, |e| *e.key == *key) else {
             return false;
         };
-        if entry.token != token || entry.response.is_some() || entry.deadline <= now {
+        if !entry.owned_by(token, now) {
             return false;
         }
         entry.deadline = now + duration;
@@ -374,11 +380,7 @@ impl Store for MemoryStore {
         let (mut shard, hash) = self.shard(key, now);
         let owned = shard.entries.find_entry(hash.0, |e| *e.key == *key);
         let released = match owned {
-            Ok(entry)
-                if entry.get().token == token
-                    && entry.get().response.is_none()
-                    && entry.get().deadline > now =>
-            {
+            Ok(entry) if entry.get().owned_by(token, now) => {
                 entry.remove();
                 true
             }
