@@ -27,79 +27,14 @@ cd "$(dirname "$0")/.."
 WARMUP=${WARMUP:-2s}
 DURATION=${DURATION:-6s}
 CONNECTIONS=${CONNECTIONS:-8}
-KEYS=${KEYS:-64}
 STORES=${STORES:-none memory redis}
-FEATURES=${FEATURES-redis,postgres}
 PORT=${PORT:-18081}
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+WORKERS=1
+LOG_NAME=instructions
+. scripts/bench-common.sh
 
-BASE="http://127.0.0.1:$PORT"
-SERVER=${SERVER:-}
-WORKDIR=$(mktemp -d)
-
-log() { printf 'instructions: %s\n' "$*" >&2; }
-
-server_pid=""
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
-}
-cleanup() {
-    stop_server
-    rm -rf "$WORKDIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || { log "must run as root to install ${missing[*]}"; exit 1; }
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
-
-case " $STORES " in
-    *" redis "* | *" postgres "*)
-        scripts/services.sh || log "services.sh failed; the Redis and Postgres runs may be skipped" ;;
-esac
-
-if [ -z "$SERVER" ]; then
-    log "building bench_server (release${FEATURES:+, features $FEATURES})"
-    cargo build --release --quiet --example bench_server ${FEATURES:+--features "$FEATURES"}
-    SERVER=target/release/examples/bench_server
-fi
-[ -x "$SERVER" ] || { log "SERVER=$SERVER is not an executable"; exit 1; }
-
-# Starts bench_server under callgrind for STORE=$1; returns 1 if it exits before
-# answering /health (valgrind makes the start slow, hence the long wait).
-start_server() {
-    local store=$1
-    STORE=$store BIND="127.0.0.1:$PORT" WORKERS=1 RUST_LOG=warn \
-        valgrind --tool=callgrind --callgrind-out-file="$WORKDIR/callgrind.out" \
-        "$SERVER" >"$WORKDIR/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 1 600); do
-        if curl -sf "$BASE/health" >/dev/null 2>&1; then return 0; fi
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            wait "$server_pid" 2>/dev/null || true
-            server_pid=""
-            log "STORE=$store exited: $(grep -m1 -i error "$WORKDIR/server.log" || tail -n1 "$WORKDIR/server.log")"
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "bench_server (STORE=$store) did not answer /health in 60 s"
-    cat "$WORKDIR/server.log" >&2
-    exit 1
-}
+need_tools valgrind wrk curl
+prepare_stores
 
 # wrk for $1 seconds with the script for workload $2 and run id $3; prints the requests.
 load() {
@@ -116,14 +51,12 @@ measure() {
     local store=$1 workload=$2 id requests total
     count=""
     id="instr-$(date +%s)-$$-$store-$workload"
-    start_server "$store" || return 0
-    if [ "$workload" = replay ]; then
-        for k in $(seq 0 $((KEYS - 1))); do
-            curl -sf -o /dev/null -X POST "$BASE/orders" -H 'Content-Type: application/json' \
-                -H "Idempotency-Key: $id-replay-$k" -d '{"item":"widget","qty":1}' \
-                || { log "priming key $k failed"; exit 1; }
-        done
+    # valgrind makes the start slow, hence the long wait.
+    if ! start_server "$store" 60 valgrind --tool=callgrind --callgrind-out-file="$WORKDIR/callgrind.out"; then
+        log "STORE=$store exited: $skip_reason"
+        return 0
     fi
+    [ "$workload" = first ] || prime_replay_keys "$id"
     load "$WARMUP" "$workload" "$id-warmup" >/dev/null
     # The replay keys are the primed ones in both runs; first executions get new ones.
     [ "$workload" = replay ] || id="$id-counted"
@@ -139,10 +72,6 @@ measure() {
 }
 
 declare -A result
-candidates=(none)
-for store in $STORES; do
-    case " ${candidates[*]} " in *" $store "*) ;; *) candidates+=("$store") ;; esac
-done
 for store in "${candidates[@]}"; do
     for workload in first replay; do
         log "STORE=$store, $workload"

@@ -29,92 +29,25 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-1}
-KEYS=${KEYS:-64}
 STORES=${STORES:-none memory redis postgres}
-FEATURES=${FEATURES-redis,postgres}
 PORT=${PORT:-18080}
 PIN=${PIN:-1}
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+LOG_NAME=load
+. scripts/bench-common.sh
 
-BASE="http://127.0.0.1:$PORT"
-SERVER=${SERVER:-}
-LOGDIR=$(mktemp -d)
-
-log() { printf 'load: %s\n' "$*" >&2; }
-
-server_pid=""
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
-}
-cleanup() {
-    stop_server
-    rm -rf "$LOGDIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Tools.
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || { log "must run as root to install ${missing[*]}"; exit 1; }
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
-
+need_tools wrk curl
 server_cpu=() wrk_cpu=()
 if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     server_cpu=(taskset -c 0) wrk_cpu=(taskset -c 1)
 fi
-
-# Stores that need a server: make sure it runs (best effort; the store is skipped otherwise).
-case " $STORES " in
-    *" redis "* | *" postgres "*)
-        scripts/services.sh || log "services.sh failed; the Redis and Postgres runs may be skipped" ;;
-esac
-
-if [ -z "$SERVER" ]; then
-    log "building bench_server (release${FEATURES:+, features $FEATURES})"
-    cargo build --release --quiet --example bench_server ${FEATURES:+--features "$FEATURES"}
-    SERVER=target/release/examples/bench_server
-fi
-[ -x "$SERVER" ] || { log "SERVER=$SERVER is not an executable"; exit 1; }
-
-# Starts bench_server for STORE=$1; returns 1 (with the reason in $skip_reason) if it
-# exits before answering /health.
-start_server() {
-    local store=$1 out="$LOGDIR/server-$1.log"
-    STORE=$store BIND="127.0.0.1:$PORT" WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} \
-        "${server_cpu[@]}" "$SERVER" >"$out" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 1 200); do
-        if curl -sf "$BASE/health" >/dev/null 2>&1; then return 0; fi
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            wait "$server_pid" 2>/dev/null || true
-            server_pid=""
-            skip_reason=$(grep -m1 -i error "$out" || tail -n1 "$out")
-            return 1
-        fi
-        sleep 0.1
-    done
-    log "bench_server (STORE=$store) did not answer /health in 20 s"
-    cat "$out" >&2
-    exit 1
-}
+prepare_stores
 
 runs() { curl -sf "$BASE/stats" | sed -E 's/.*"runs":([0-9]+).*/\1/'; }
 
 # Runs wrk with script $1 (and its arguments); prints the RESULT line's fields.
 measure() {
     local script=$1; shift
-    local out="$LOGDIR/wrk.out"
+    local out="$WORKDIR/wrk.out"
     "${wrk_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
         -s "scripts/load/$script" "$BASE" -- "$@" >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
     grep '^RESULT ' "$out" | sed 's/^RESULT //' || { cat "$out" >&2; exit 1; }
@@ -123,10 +56,6 @@ measure() {
 # Rounds go over every store in turn, so that a busy moment of the machine weighs on
 # all of them alike rather than on whichever store was being measured.
 declare -A result
-candidates=(none)
-for store in $STORES; do
-    case " ${candidates[*]} " in *" $store "*) ;; *) candidates+=("$store") ;; esac
-done
 measured=()
 run_id="$(date +%s)-$$"
 
@@ -136,7 +65,7 @@ for round in $(seq 1 "$ROUNDS"); do
             case " ${measured[*]} " in *" $store "*) ;; *) continue ;; esac
         fi
         for workload in first replay; do
-            if ! start_server "$store"; then
+            if ! start_server "$store" 20 "${server_cpu[@]}"; then
                 if [ "$store" = none ] || [ "$store" = memory ]; then
                     log "bench_server failed to start with STORE=$store: $skip_reason"
                     exit 1
@@ -149,11 +78,7 @@ for round in $(seq 1 "$ROUNDS"); do
             if [ "$workload" = first ]; then
                 fields=$(measure first.lua "$id")
             else
-                for k in $(seq 0 $((KEYS - 1))); do
-                    curl -sf -o /dev/null -X POST "$BASE/orders" -H 'Content-Type: application/json' \
-                        -H "Idempotency-Key: $id-replay-$k" -d '{"item":"widget","qty":1}' \
-                        || { log "priming key $k failed"; exit 1; }
-                done
+                prime_replay_keys "$id"
                 fields=$(measure replay.lua "$id" "$KEYS")
             fi
             result[$store,$workload]="${result[$store,$workload]:-}|$fields runs=$(runs)"
