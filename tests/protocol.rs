@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use support::broken::Broken;
@@ -120,6 +121,30 @@ async fn streamed(State(runs): State<Runs>, body: String) -> Body {
     Body::from_stream(futures::stream::iter(chunks))
 }
 
+/// Its body panics after its first chunk, on the first run only.
+#[idempotent]
+async fn body_panics_once(State(runs): State<Runs>) -> Body {
+    let first_run = runs.bump() == 1;
+    let chunks = futures::stream::iter([1, 2]).map(move |n| {
+        if n == 2 && first_run {
+            panic!("the export stream broke");
+        }
+        Ok::<_, std::io::Error>(Bytes::from(format!("part {n};")))
+    });
+    Body::from_stream(chunks)
+}
+
+/// Streams four chunks, 60 ms apart: 240 ms in all, longer than its 100 ms lease.
+#[idempotent(lease = "100ms")]
+async fn slow_body(State(runs): State<Runs>) -> Body {
+    let n = runs.bump();
+    let chunks = futures::stream::iter(1..=4).then(move |part| async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        Ok::<_, std::io::Error>(Bytes::from(format!("run {n} part {part};")))
+    });
+    Body::from_stream(chunks)
+}
+
 type Response = axum::response::Response;
 
 fn app_with(idempotency: Idempotency) -> (Router, Runs) {
@@ -137,6 +162,8 @@ fn app_with(idempotency: Idempotency) -> (Router, Runs) {
         .route("/panic", post(panics_once))
         .route("/slow", post(slow))
         .route("/streamed", post(streamed))
+        .route("/body-panics", post(body_panics_once))
+        .route("/slow-body", post(slow_body))
         .with_state(state);
     (app, runs)
 }
@@ -495,6 +522,50 @@ async fn a_panicking_handler_releases_its_key() {
     assert_eq!(&retry.body[..], b"paid");
     assert_eq!(runs.get(), 2);
     assert!(send(&app, post_with("/panic", "k", "")).await.replayed());
+}
+
+#[tokio::test]
+async fn a_response_body_that_panics_releases_its_key() {
+    let (app, runs) = app();
+    let first = send(&app, post_with("/body-panics", "k", "")).await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.problem_type(), "handler-panicked");
+    let retry = send(&app, post_with("/body-panics", "k", "")).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::OK,
+        "the retry ran the handler again"
+    );
+    assert_eq!(&retry.body[..], b"part 1;part 2;");
+    assert!(!retry.replayed());
+    assert_eq!(runs.get(), 2);
+    let again = send(&app, post_with("/body-panics", "k", "")).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, retry.body);
+}
+
+#[tokio::test]
+async fn a_body_streamed_for_longer_than_the_lease_keeps_its_claim() {
+    let (app, runs) = app();
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with("/slow-body", "k", "")).await }
+    });
+    // Well past the 100 ms lease, while the body is still being produced.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let duplicate = send(&app, post_with("/slow-body", "k", "")).await;
+        assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    }
+    let first = first.await.expect("first request");
+    assert_eq!(
+        &first.body[..],
+        b"run 1 part 1;run 1 part 2;run 1 part 3;run 1 part 4;"
+    );
+    let retry = send(&app, post_with("/slow-body", "k", "")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(runs.get(), 1);
 }
 
 fn slow_request(key: &str, body: &str, sleep_ms: u64) -> Request<Body> {

@@ -584,8 +584,27 @@ impl Execution {
     where
         F: Future<Output = Response> + Send,
     {
-        let response = match self.guard(handler).await {
-            Ok(response) => response,
+        // The response body is read under the same guard as the handler: a body streamed
+        // for longer than the lease keeps the lease, and one that panics releases the
+        // claim, as a panicking handler does.
+        let work = async {
+            let response = handler.await;
+            if !self.policy.stores(response.status().as_u16()) {
+                return Err(response);
+            }
+            Ok(capture(
+                response,
+                self.idempotency.response_limit(),
+                self.idempotency.stored_headers(),
+            )
+            .await)
+        };
+        let captured = match self.guard(work).await {
+            Ok(Ok(captured)) => captured,
+            Ok(Err(not_stored)) => {
+                self.release().await;
+                return not_stored;
+            }
             Err(_panic) => {
                 tracing::error!(target: TARGET, key = short(&self.key), "handler panicked; claim released");
                 self.release().await;
@@ -596,17 +615,7 @@ impl Execution {
                 .into_response();
             }
         };
-        if !self.policy.stores(response.status().as_u16()) {
-            self.release().await;
-            return response;
-        }
-        match capture(
-            response,
-            self.idempotency.response_limit(),
-            self.idempotency.stored_headers(),
-        )
-        .await
-        {
+        match captured {
             Captured::Complete(stored, response) => {
                 self.complete(&stored).await;
                 response

@@ -7,6 +7,7 @@
 //! `Set-Cookie` (a session cookie must not reach whoever retries). Repeated headers and
 //! non-UTF-8 values are kept as they are. A replay carries `Idempotent-Replayed: true`.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -407,7 +408,7 @@ pub(crate) async fn capture(
         chunks.push(data);
         if chunks.len() > limit {
             let body = Body::new(Prefixed {
-                prefix: chunks.into_list(),
+                prefix: chunks.into_list().into(),
                 rest: body,
             });
             return Captured::TooLarge(Response::from_parts(parts, body));
@@ -424,7 +425,8 @@ pub(crate) async fn capture(
 
 /// A body whose first chunks were already read.
 struct Prefixed {
-    prefix: Vec<Bytes>,
+    /// A queue: a body past the limit may have arrived in a great many small chunks.
+    prefix: VecDeque<Bytes>,
     rest: Body,
 }
 
@@ -436,8 +438,7 @@ impl http_body::Body for Prefixed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if !self.prefix.is_empty() {
-            let chunk = self.prefix.remove(0);
+        if let Some(chunk) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         Pin::new(&mut self.rest).poll_frame(cx)
