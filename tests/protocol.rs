@@ -672,6 +672,37 @@ async fn a_store_that_fails_or_hangs_gets_503_and_runs_nothing() {
 }
 
 #[tokio::test]
+async fn durations_too_long_for_a_deadline_are_cut_not_a_panic() {
+    let forever = |idempotency: Idempotency| {
+        idempotency
+            .with_ttl(Duration::MAX)
+            .with_lease(Duration::MAX)
+            .with_store_timeout(Duration::MAX)
+    };
+    let (app, runs) = app_with(forever(Idempotency::new(MemoryStore::new())));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    let not_stored = send(&app, post_with("/status", "k", "500")).await;
+    assert_eq!(not_stored.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let released = send(&app, post_with("/status", "k", "201")).await;
+    assert_eq!(
+        released.status,
+        StatusCode::CREATED,
+        "the 500 released its key"
+    );
+    assert_eq!(runs.get(), 3);
+
+    // A completion that fails is not retried past the lease's third, however long the
+    // store may take; the client still gets its answer.
+    let (app, _) = app_with(forever(Idempotency::new(Flaky::new(Fault::FailedComplete))));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn a_store_that_panics_gets_500_and_runs_nothing() {
     let (app, runs) = app_with(Idempotency::new(Broken::Panicking));
     for _ in 0..2 {

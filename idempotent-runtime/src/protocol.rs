@@ -756,7 +756,11 @@ where
             }
             Err(_) => tracing::warn!(target: TARGET, key = short(key), attempt, "{what} timed out"),
         }
-        if started.elapsed() + backoff + idempotency.store_timeout() > lease / 3 {
+        let next_ends = started
+            .elapsed()
+            .saturating_add(backoff)
+            .saturating_add(idempotency.store_timeout());
+        if next_ends > lease / 3 {
             break;
         }
         tokio::time::sleep(backoff).await;

@@ -12,6 +12,9 @@
 //! first [`DURATION_QUEUES`] durations a shard sees get a queue; any further ones, which
 //! a service with a handful of endpoints never has, share a heap.
 //!
+//! Leases and TTLs longer than about 100 years (`Duration::MAX` for "for ever") are cut
+//! to 100 years.
+//!
 //! Use it for a single replica, for tests, and as the default of the `orders` example.
 //! Several replicas need a shared store (Redis or Postgres).
 
@@ -37,6 +40,10 @@ pub const SWEEP_BATCH: usize = 32;
 
 /// How many distinct durations get a removal queue of their own in each shard.
 pub const DURATION_QUEUES: usize = 8;
+
+/// The longest lease or TTL kept (about 100 years); longer ones, `Duration::MAX` for
+/// "for ever" say, are cut to it, so that a deadline never overflows.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// Many shards keep each map small: a map that grows doubles and rehashes under its
 /// lock, and with a day's TTL a busy service holds millions of records.
@@ -236,6 +243,7 @@ impl Shard {
         let Some(entry) = self.entries.find_mut(hash.0, |e| *e.key == *key) else {
             return false;
         };
+        let duration = duration.min(LONGEST);
         if !entry.owned_by(token, now) {
             return false;
         }
@@ -309,6 +317,7 @@ impl Store for MemoryStore {
         fingerprint: Fingerprint,
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        let lease = lease.min(LONGEST);
         let now = Instant::now();
         let (mut shard, hash) = self.shard(key, now);
         let slot = shard
