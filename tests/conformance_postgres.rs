@@ -336,6 +336,34 @@ async fn background_cleanup_removes_expired_rows_until_stopped() {
     assert_eq!(row_count(&store).await, 7, "a dropped cleanup must not run");
 }
 
+/// A shutdown must not wait on a database that stopped answering: here the cleanup's
+/// statement waits on a table lock held by another session.
+#[tokio::test]
+async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
+    let (store, _schema) = fresh_store().await;
+    fill(&store, 2, 0).await;
+    let blocker = pool().await;
+    let mut lock = blocker.begin().await.expect("begin");
+    let statement = format!(
+        r#"LOCK TABLE "{}"."{}" IN ACCESS EXCLUSIVE MODE"#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(5), cleanup.stop()).await;
+    lock.rollback().await.expect("rollback");
+    assert_eq!(
+        stopped.expect("stop() waited for the stuck statement"),
+        0,
+        "nothing was deleted before the stop"
+    );
+}
+
 #[tokio::test]
 async fn corrupt_rows_are_store_errors_not_panics() {
     let (store, _schema) = fresh_store().await;

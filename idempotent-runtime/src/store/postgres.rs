@@ -615,8 +615,9 @@ pub struct CleanupTask {
 }
 
 impl CleanupTask {
-    /// Stops the task, waits for it to end (at most one purge statement) and returns how
-    /// many rows it removed in all.
+    /// Stops the task and returns how many rows it removed in all. A statement in
+    /// progress is given up at once (its rows, if it still commits, are not counted), so
+    /// that a database that stopped answering cannot hold up a shutdown.
     pub async fn stop(self) -> u64 {
         let Self { stop, task } = self;
         drop(stop);
@@ -641,14 +642,17 @@ async fn cleanup_loop(
             _ = &mut stopped => break,
             _ = ticks.tick() => {}
         }
-        // `purge_expired`, one batch at a time, so that a stop request waits for one
-        // statement at most and every row deleted is counted.
+        // `purge_expired`, one batch at a time, so that every batch is counted; a stop
+        // request ends the statement in progress, which may be waiting on a database
+        // that no longer answers.
         let mut removed = 0u64;
         loop {
-            if !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                break 'running;
-            }
-            match store.purge_batch(batch).await {
+            let purged = tokio::select! {
+                biased;
+                _ = &mut stopped => break 'running,
+                purged = store.purge_batch(batch) => purged,
+            };
+            match purged {
                 Ok(deleted) => {
                     removed += deleted;
                     total += deleted;
