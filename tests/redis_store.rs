@@ -115,6 +115,32 @@ fn expected(commands: &[(&str, u64)]) -> HashMap<String, u64> {
         .collect()
 }
 
+/// A claim whose answer comes too late (Redis stalled past the client's 500 ms response
+/// timeout) still runs once Redis resumes. It must not then hold the key for its lease
+/// with nobody to complete it: the next claim gets the key.
+#[tokio::test]
+async fn a_claim_that_got_no_answer_does_not_hold_the_key() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let fingerprint = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(60);
+    server
+        .cli(&["CLIENT", "PAUSE", "1500", "WRITE"])
+        .expect("pause");
+    assert!(
+        store.claim("k", fingerprint, lease).await.is_err(),
+        "no answer within the response timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(
+            store.claim("k", fingerprint, lease).await.unwrap(),
+            Claim::Acquired(_)
+        ),
+        "the claim that got no answer was taken back"
+    );
+}
+
 /// Each protocol step is one command, counted by the server itself. A server of its own,
 /// because the shared one counts every other test's commands too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

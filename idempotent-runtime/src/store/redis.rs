@@ -36,6 +36,12 @@
 //! protocol turns into `503` with the handler not run; once Redis is back, the same
 //! store works again, without a restart of the app.
 //!
+//! A claim that gets no answer (a response timeout, a dropped connection) may still have
+//! reached Redis and may run there later. So the store then releases it by its token
+//! before failing, rather than leave a claim nobody will complete to answer `409` until
+//! its lease lapses; and a claim that finds its own in-flight record (a command the
+//! client sent again) is granted.
+//!
 //! # Key layout
 //!
 //! Everything about one idempotency key lives in one Redis string,
@@ -345,6 +351,16 @@ impl RedisStore {
         }
     }
 
+    async fn release_token(
+        &self,
+        record_key: &str,
+        token: FencingToken,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = RELEASE.key(record_key);
+        invocation.arg(&token.0.to_be_bytes()[..]);
+        self.owner_step("release", record_key, &invocation).await
+    }
+
     /// Runs one of renew/complete/release, which answer `1` (done) or `0` (not the owner).
     async fn owner_step(
         &self,
@@ -421,6 +437,17 @@ fn in_flight_record(fingerprint: &Fingerprint, token: FencingToken, lease: Durat
     record.extend_from_slice(&token.0.to_be_bytes());
     record.extend_from_slice(&lease_fields(lease));
     record
+}
+
+/// Whether a command that failed may still have reached Redis and run there: it got no
+/// answer, as opposed to an error answer.
+fn may_have_run(err: &RedisError) -> bool {
+    err.is_timeout() || err.is_io_error() || err.is_connection_dropped()
+}
+
+/// Whether `record` is the in-flight claim of `token` (see [`in_flight_record`]).
+fn is_claim_of(record: &[u8], token: FencingToken) -> bool {
+    record.first() == Some(&IN_FLIGHT) && record.get(33..41) == Some(&token.0.to_be_bytes()[..])
 }
 
 /// Reads a record as claim and lookup find it, `now` being [`unix_millis`].
@@ -552,7 +579,26 @@ impl Store for RedisStore {
                 .arg("GET")
                 .arg("PX")
                 .arg(millis(lease));
-            let reply = self.query(&command).await.map_err(claim_error)?;
+            let reply = match self.query(&command).await {
+                Ok(reply) => reply,
+                Err(err) => {
+                    if may_have_run(&err) {
+                        // No answer is not a refusal: the claim may be in Redis with
+                        // nobody to complete it, and retries would get 409 until its
+                        // lease lapsed. Take it back by its token; a key this claim did
+                        // not get is left alone.
+                        let _ = self.release_token(&record_key, token).await;
+                    }
+                    return Err(claim_error(err));
+                }
+            };
+            // A command the client sent again after it had taken effect (the Cluster
+            // client retries on a lost connection) finds this very claim.
+            if let Value::BulkString(bytes) = &reply
+                && is_claim_of(bytes, token)
+            {
+                return Ok(Claim::Acquired(token));
+            }
             Ok(match read_reply(&record_key, "claim", reply)? {
                 None => Claim::Acquired(token),
                 Some(record) => Claim::Existing(record),
@@ -602,11 +648,7 @@ impl Store for RedisStore {
         token: FencingToken,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let record_key = self.record_key(key);
-        async move {
-            let mut invocation = RELEASE.key(&record_key);
-            invocation.arg(&token.0.to_be_bytes()[..]);
-            self.owner_step("release", &record_key, &invocation).await
-        }
+        async move { self.release_token(&record_key, token).await }
     }
 
     fn lookup(&self, key: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
@@ -625,6 +667,19 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_knows_its_own_record_and_no_other() {
+        let fingerprint = Fingerprint::of_bytes(b"x");
+        let lease = Duration::from_secs(60);
+        let ours = in_flight_record(&fingerprint, FencingToken(7), lease);
+        assert!(is_claim_of(&ours, FencingToken(7)));
+        assert!(!is_claim_of(&ours, FencingToken(8)));
+        let mut completed = ours.clone();
+        completed[0] = COMPLETED;
+        assert!(!is_claim_of(&completed, FencingToken(7)));
+        assert!(!is_claim_of(&ours[..40], FencingToken(7)));
+    }
 
     #[test]
     fn lease_and_ttl_never_reach_zero_or_overflow() {
