@@ -624,6 +624,25 @@ async fn a_handler_slower_than_its_lease_is_never_run_twice() {
 }
 
 #[tokio::test]
+async fn a_renewal_that_fails_is_tried_again_before_the_lease_lapses() {
+    // The lease is 100 ms, renewed every 33 ms; the first two renewals fail. Tried again
+    // only at the next period, the third would come as the lease lapses.
+    let store = Flaky::new(Fault::FailedRenewals(2));
+    let (app, runs) = app_with(Idempotency::new(store));
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow_request("k", "a", 400)).await }
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        let duplicate = send(&app, slow_request("k", "a", 400)).await;
+        assert_eq!(duplicate.status, StatusCode::CONFLICT, "the lease was kept");
+    }
+    assert_eq!(first.await.expect("first").status, StatusCode::OK);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
 async fn a_response_too_large_to_keep_is_sent_once_and_never_run_again() {
     let (app, runs) = app_with(Idempotency::new(MemoryStore::new()).with_response_limit(8));
     let first = send(&app, post_with("/create", "k", "a long enough body")).await;

@@ -656,11 +656,15 @@ impl Execution {
         }
     }
 
-    /// Keeps the lease alive; returns only if the lease is lost.
+    /// Keeps the lease alive; returns only if the lease is lost. A renewal that fails is
+    /// tried again soon, not a period later: the third attempt would race the lease.
     async fn renew_while_running(&self) {
         let every = (self.lease / 3).max(Duration::from_millis(1));
+        let again = (every / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
+            wait = again;
             let renewed = tokio::time::timeout(
                 self.idempotency.store_timeout().min(every),
                 self.idempotency
@@ -669,7 +673,7 @@ impl Execution {
             )
             .await;
             match renewed {
-                Ok(Ok(true)) => {}
+                Ok(Ok(true)) => wait = every,
                 Ok(Ok(false)) => {
                     tracing::warn!(target: TARGET, key = short(&self.key), "lease lost while the handler runs; its response will not be stored");
                     return;

@@ -1,7 +1,7 @@
-//! A memory store whose first call of one operation misbehaves: it fails, or answers only
+//! A memory store whose first calls of one operation misbehave: they fail, or answer only
 //! after a delay. It stands in for a store with a passing fault.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use idempotent_runtime::{
@@ -18,12 +18,14 @@ pub enum Fault {
     FailedComplete,
     /// The first release fails without taking effect.
     FailedRelease,
+    /// The first this many renewals fail without taking effect.
+    FailedRenewals(u32),
 }
 
 pub struct Flaky {
     inner: MemoryStore,
     fault: Fault,
-    spent: AtomicBool,
+    struck: AtomicU32,
 }
 
 impl Flaky {
@@ -31,13 +33,17 @@ impl Flaky {
         Self {
             inner: MemoryStore::new(),
             fault,
-            spent: AtomicBool::new(false),
+            struck: AtomicU32::new(0),
         }
     }
 
-    /// Whether this call of `op` is the one that misbehaves.
+    /// Whether this call of `op` is one that misbehaves.
     fn strikes(&self, op: Fault) -> bool {
-        self.fault == op && !self.spent.swap(true, Ordering::SeqCst)
+        let times = match op {
+            Fault::FailedRenewals(times) => times,
+            _ => 1,
+        };
+        self.fault == op && self.struck.fetch_add(1, Ordering::SeqCst) < times
     }
 }
 
@@ -71,6 +77,11 @@ impl Store for Flaky {
         token: FencingToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
+        if let Fault::FailedRenewals(_) = self.fault
+            && self.strikes(self.fault)
+        {
+            return Err(StoreError::new("connection reset"));
+        }
         self.inner.renew(key, token, lease).await
     }
 
