@@ -67,6 +67,12 @@
 //! only the `Retry-After` a conflict answers with, clamped to the lease's length, so a
 //! replica whose clock is off skews that hint and nothing else.
 //!
+//! Every record has an expiry, so a Redis that evicts keys when it runs out of memory
+//! (any `maxmemory-policy` but the default, `noeviction`) may drop a claim in flight
+//! and let a duplicate run the handler, or drop a response before its TTL. Give the
+//! records a Redis that does not evict: with `noeviction` a full Redis fails the claim
+//! instead, and the protocol answers `503`.
+//!
 //! # One round trip per step
 //!
 //! **claim** is a single native command, with no script:
