@@ -300,7 +300,10 @@ impl PostgresStore {
     /// Keeps the records in `schema` (created by [`migrate`](Self::migrate) if missing).
     ///
     /// The name is used exactly as written, quoted: 1 to [`MAX_IDENTIFIER_LEN`] ASCII
-    /// letters, digits or `_`, not starting with a digit. Anything else is an error.
+    /// letters, digits or `_`, not starting with a digit nor, for a schema, with `pg_`
+    /// (Postgres keeps those for itself). Anything else is an error, here rather than
+    /// at [`migrate`](Self::migrate). Being quoted, a name with capitals keeps them: SQL
+    /// of your own must quote it too.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -310,11 +313,17 @@ impl PostgresStore {
     /// let pool = sqlx::PgPool::connect_lazy("postgres://localhost/app").unwrap();
     /// let store = PostgresStore::new(pool);
     /// assert_eq!(store.clone().with_schema("billing").unwrap().schema(), "billing");
-    /// assert!(store.with_schema("billing; drop table users").is_err());
+    /// assert!(store.clone().with_schema("billing; drop table users").is_err());
+    /// assert!(store.with_schema("pg_billing").is_err());
     /// # }
     /// ```
     pub fn with_schema(self, schema: &str) -> Result<Self, StoreError> {
         validate("schema", schema)?;
+        if schema.starts_with("pg_") {
+            return Err(StoreError::new(format!(
+                "invalid postgres schema name `{schema}`: names starting with `pg_` are reserved for Postgres' own schemas"
+            )));
+        }
         Ok(Self::with_names(
             self.pool,
             schema.to_owned(),
