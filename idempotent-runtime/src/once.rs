@@ -224,7 +224,7 @@ impl Once<'_> {
             ttl: self.ttl,
             policy: StatusPolicy::DEFAULT,
         };
-        let value = match execution.guard(work()).await {
+        let value = match execution.guard(std::pin::pin!(work())).await {
             Ok(Ok(value)) => value,
             Ok(Err(err)) => {
                 execution.release().await;

@@ -191,57 +191,61 @@ where
 {
     let (mut reply, answer) = oneshot::channel();
     let task = Box::pin(async move {
-        let idempotency = state.idempotency();
-        let prepared = tokio::select! {
-            biased;
-            prepared = prepare(endpoint, &idempotency, request, scope) => prepared,
-            // The request was given up (the client went away, a timeout layer dropped it)
-            // while its body was still arriving: nothing is claimed yet, so stop reading
-            // it, as the request's own future would have.
-            () = reply.closed() => return,
+        // Everything up to the claim in a block of its own: what it leaves behind (the
+        // request, the key) is then not laid out beside the execution's state.
+        let (run, handler) = {
+            let idempotency = state.idempotency();
+            // Matched where it is awaited, with no binding of its own.
+            let Claimable {
+                request,
+                key,
+                fingerprint,
+            } = match tokio::select! {
+                biased;
+                prepared = prepare(endpoint, &idempotency, request, scope) => prepared,
+                // The request was given up (the client went away, a timeout layer dropped
+                // it) while its body was still arriving: nothing is claimed yet, so stop
+                // reading it, as the request's own future would have.
+                () = reply.closed() => return,
+            } {
+                Ok(Prepared::Claim(claimable)) => claimable,
+                // Handed back: a request without a key runs in the caller's task, as it
+                // would without the attribute.
+                Ok(Prepared::PassThrough(request)) => {
+                    let _ = reply.send(Answer::PassThrough(request, handler, state));
+                    return;
+                }
+                Err(problem) => {
+                    let _ = reply.send(Answer::Response(problem.into_response()));
+                    return;
+                }
+            };
+            let lease = endpoint.lease.unwrap_or(idempotency.lease());
+            let token = match claim(&idempotency, &key, fingerprint, lease).await {
+                Claimed::Owned(token) => token,
+                Claimed::Answered(response) => {
+                    let _ = reply.send(Answer::Response(response));
+                    return;
+                }
+                Claimed::Late(response, pending) => {
+                    // Answered first: the client does not wait for the tidying up.
+                    let _ = reply.send(Answer::Response(response));
+                    release_late(&idempotency, &key, lease, pending, lease).await;
+                    return;
+                }
+            };
+            let run = Execution {
+                lease,
+                ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
+                idempotency,
+                key,
+                token,
+                policy: endpoint.policy,
+            };
+            // Not boxed again: an axum handler's future is a box already, so this task
+            // reserves no room for the handler's state when it only replays.
+            (run, handler.call(request, state))
         };
-        let Claimable {
-            request,
-            key,
-            fingerprint,
-        } = match prepared {
-            Ok(Prepared::Claim(claimable)) => claimable,
-            // Handed back: a request without a key runs in the caller's task, as it would
-            // without the attribute.
-            Ok(Prepared::PassThrough(request)) => {
-                let _ = reply.send(Answer::PassThrough(request, handler, state));
-                return;
-            }
-            Err(problem) => {
-                let _ = reply.send(Answer::Response(problem.into_response()));
-                return;
-            }
-        };
-        let lease = endpoint.lease.unwrap_or(idempotency.lease());
-        let token = match claim(&idempotency, &key, fingerprint, lease).await {
-            Claimed::Owned(token) => token,
-            Claimed::Answered(response) => {
-                let _ = reply.send(Answer::Response(response));
-                return;
-            }
-            Claimed::Late(response, pending) => {
-                // Answered first: the client does not wait for the tidying up.
-                let _ = reply.send(Answer::Response(response));
-                release_late(&idempotency, &key, lease, pending, lease).await;
-                return;
-            }
-        };
-        let run = Execution {
-            lease,
-            ttl: endpoint.ttl.unwrap_or(idempotency.ttl()),
-            idempotency,
-            key,
-            token,
-            policy: endpoint.policy,
-        };
-        // Not boxed again: an axum handler's future is a box already, so this task
-        // reserves no room for the handler's state when it only replays.
-        let handler = handler.call(request, state);
         // The client may be gone; the work is done either way.
         let _ = reply.send(Answer::Response(run.execute(handler).await));
     });
@@ -580,26 +584,30 @@ pub(crate) struct Execution {
 }
 
 impl Execution {
-    pub(crate) async fn execute<F>(self, handler: F) -> Response
+    pub(crate) async fn execute<F>(&self, handler: F) -> Response
     where
         F: Future<Output = Response> + Send,
     {
         // The response body is read under the same guard as the handler: a body streamed
         // for longer than the lease keeps the lease, and one that panics releases the
         // claim, as a panicking handler does.
-        let work = async {
-            let response = handler.await;
-            if !self.policy.stores(response.status().as_u16()) {
-                return Err(response);
-            }
-            Ok(capture(
-                response,
-                self.idempotency.response_limit(),
-                self.idempotency.stored_headers(),
-            )
-            .await)
+        // In a block of its own, so that the steps after it are not laid out beside it.
+        let outcome = {
+            let work = std::pin::pin!(async {
+                let response = handler.await;
+                if !self.policy.stores(response.status().as_u16()) {
+                    return Err(response);
+                }
+                Ok(capture(
+                    response,
+                    self.idempotency.response_limit(),
+                    self.idempotency.stored_headers(),
+                )
+                .await)
+            });
+            self.guard(work).await
         };
-        let captured = match self.guard(work).await {
+        let captured = match outcome {
             Ok(Ok(captured)) => captured,
             Ok(Err(not_stored)) => {
                 self.release().await;
@@ -644,9 +652,15 @@ impl Execution {
         }
     }
 
-    /// Runs `work` while renewing the lease, catching a panic.
-    pub(crate) async fn guard<F: Future>(&self, work: F) -> std::thread::Result<F::Output> {
-        let mut work = std::pin::pin!(AssertUnwindSafe(work).catch_unwind());
+    /// Runs `work` while renewing the lease, catching a panic. The work is pinned by the
+    /// caller: this future then holds a pointer to it, where it would otherwise hold two
+    /// copies (the argument and the pinned one), and every request's task is laid out for
+    /// the largest step, a replay's too.
+    pub(crate) async fn guard<F: Future>(
+        &self,
+        work: Pin<&mut F>,
+    ) -> std::thread::Result<F::Output> {
+        let mut work = AssertUnwindSafe(work).catch_unwind();
         tokio::select! {
             // The work first: one that is done on its first poll never arms the
             // renewal timer.
