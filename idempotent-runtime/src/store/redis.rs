@@ -451,9 +451,10 @@ fn may_have_run(err: &RedisError) -> bool {
     err.is_timeout() || err.is_io_error() || err.is_connection_dropped()
 }
 
-/// Whether `record` is the in-flight claim of `token` (see [`in_flight_record`]).
-fn is_claim_of(record: &[u8], token: FencingToken) -> bool {
-    record.first() == Some(&IN_FLIGHT) && record.get(33..41) == Some(&token.0.to_be_bytes()[..])
+/// Whether a claim's `reply` is the very record it wrote, `sent`: its token is drawn at
+/// random for each claim, so no other claim's record is the same.
+fn is_own_claim(reply: &Value, sent: &[u8]) -> bool {
+    matches!(reply, Value::BulkString(bytes) if bytes[..] == *sent)
 }
 
 /// Reads a record as claim and lookup find it, `now` being [`unix_millis`].
@@ -580,7 +581,7 @@ impl Store for RedisStore {
             command
                 .arg("SET")
                 .arg(&record_key)
-                .arg(record)
+                .arg(&record[..])
                 .arg("NX")
                 .arg("GET")
                 .arg("PX")
@@ -600,9 +601,7 @@ impl Store for RedisStore {
             };
             // A command the client sent again after it had taken effect (the Cluster
             // client retries on a lost connection) finds this very claim.
-            if let Value::BulkString(bytes) = &reply
-                && is_claim_of(bytes, token)
-            {
+            if is_own_claim(&reply, &record) {
                 return Ok(Claim::Acquired(token));
             }
             Ok(match read_reply(&record_key, "claim", reply)? {
@@ -679,12 +678,15 @@ mod tests {
         let fingerprint = Fingerprint::of_bytes(b"x");
         let lease = Duration::from_secs(60);
         let ours = in_flight_record(&fingerprint, FencingToken(7), lease);
-        assert!(is_claim_of(&ours, FencingToken(7)));
-        assert!(!is_claim_of(&ours, FencingToken(8)));
+        let found = |record: &[u8]| Value::BulkString(record.to_vec());
+        assert!(is_own_claim(&found(&ours), &ours));
+        let theirs = in_flight_record(&fingerprint, FencingToken(8), lease);
+        assert!(!is_own_claim(&found(&theirs), &ours));
         let mut completed = ours.clone();
         completed[0] = COMPLETED;
-        assert!(!is_claim_of(&completed, FencingToken(7)));
-        assert!(!is_claim_of(&ours[..40], FencingToken(7)));
+        assert!(!is_own_claim(&found(&completed), &ours));
+        assert!(!is_own_claim(&found(&ours[..40]), &ours));
+        assert!(!is_own_claim(&Value::Nil, &ours));
     }
 
     #[test]
