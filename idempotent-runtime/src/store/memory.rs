@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Claim, FencingToken, Record, Store, StoreError};
+use super::{Claim, FencingToken, LONGEST, Record, Store, StoreError};
 use crate::response::Header;
 use crate::{Fingerprint, StoredResponse};
 
@@ -40,10 +40,6 @@ pub const SWEEP_BATCH: usize = 32;
 
 /// How many distinct durations get a removal queue of their own in each shard.
 pub const DURATION_QUEUES: usize = 8;
-
-/// The longest lease or TTL kept (about 100 years); longer ones, `Duration::MAX` for
-/// "for ever" say, are cut to it, so that a deadline never overflows.
-const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// Many shards keep each map small: a map that grows doubles and rehashes under its
 /// lock, and with a day's TTL a busy service holds millions of records.

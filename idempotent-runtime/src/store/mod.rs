@@ -41,6 +41,11 @@ pub mod tiered;
 pub use memory::MemoryStore;
 pub use tiered::TieredStore;
 
+/// The longest lease or TTL the embedded and Postgres stores keep (about 100 years);
+/// longer ones, `Duration::MAX` for "for ever" say, are cut to it, so that a deadline
+/// neither overflows an `Instant` nor leaves Postgres' timestamp range.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Proof of ownership of a claim, unique per claim of a key.
 ///
 /// Stores that keep state elsewhere write it as a `u64`.

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Claim, FencingToken, Record, Store, StoreError};
+use super::{Claim, FencingToken, LONGEST, Record, Store, StoreError};
 use crate::{Fingerprint, StoredResponse};
 
 const TARGET: &str = "idempotent";
@@ -22,10 +22,6 @@ const MIGRATION_LOCK: i64 = 0x6964_656d_6d69_6772;
 /// How often a claim is tried again when a concurrent claimant changed the row between the
 /// statement's snapshot and its insert (see "Claim" in the module docs).
 const CLAIM_ATTEMPTS: usize = 16;
-
-/// The longest lease or TTL written; longer ones are cut to it (about 100 years), so that
-/// `clock_timestamp() + interval` never leaves Postgres' timestamp range.
-const MAX_INTERVAL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The longest schema or table name accepted, so that the derived names
 /// (`<table>_token_seq`, `<table>_expires_at_idx`) fit Postgres' 63-byte limit.
@@ -203,7 +199,7 @@ fn validate(kind: &str, name: &str) -> Result<(), StoreError> {
 }
 
 fn interval(duration: Duration) -> PgInterval {
-    let duration = duration.min(MAX_INTERVAL);
+    let duration = duration.min(LONGEST);
     let micros = duration.as_micros();
     // Round up, so that a lease of 1.5 µs is not 1 µs.
     let micros = if Duration::from_micros(micros as u64) < duration {
@@ -782,7 +778,7 @@ mod tests {
         assert_eq!(interval(Duration::from_millis(300)).microseconds, 300_000);
         assert_eq!(
             interval(Duration::MAX).microseconds,
-            MAX_INTERVAL.as_micros() as i64
+            LONGEST.as_micros() as i64
         );
     }
 }
