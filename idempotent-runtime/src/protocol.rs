@@ -590,8 +590,8 @@ impl Execution {
     {
         // The response body is read under the same guard as the handler: a body streamed
         // for longer than the lease keeps the lease, and one that panics releases the
-        // claim, as a panicking handler does.
-        // In a block of its own, so that the steps after it are not laid out beside it.
+        // claim, as a panicking handler does. In a block of its own, so that the steps
+        // after it are not laid out beside it.
         let outcome = {
             let work = std::pin::pin!(async {
                 let response = handler.await;
