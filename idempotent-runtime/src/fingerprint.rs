@@ -193,15 +193,24 @@ fn remove_pointer(value: &mut Value, pointer: &str) {
         Some(Value::Object(map)) => {
             map.remove(&last);
         }
+        // An element is blanked rather than removed: removing it would move the ones
+        // after it, and another excluded pointer into the same array would then name
+        // the wrong one.
         Some(Value::Array(items)) => {
-            if let Ok(index) = last.parse::<usize>()
-                && index < items.len()
-            {
-                items.remove(index);
+            if let Some(item) = array_index(&last).and_then(|i| items.get_mut(i)) {
+                *item = Value::Null;
             }
         }
         _ => {}
     }
+}
+
+/// An array index as RFC 6901 writes it: digits, no sign, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = token.bytes().all(|b| b.is_ascii_digit());
+    (digits && (token == "0" || !token.starts_with('0')))
+        .then(|| token.parse().ok())
+        .flatten()
 }
 
 /// Writes `value` with object keys sorted by their UTF-8 bytes and no whitespace.
@@ -554,6 +563,25 @@ mod tests {
             &["/meta/sent_at"],
         );
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn excluded_array_elements_are_the_ones_named() {
+        let exclude = &["/items/0", "/items/1"];
+        let hash = |body: &str| Fingerprint::of_json_bytes(body.as_bytes(), exclude);
+        let base = hash(r#"{"items":["a","b","c"]}"#);
+        assert_eq!(base, hash(r#"{"items":["x","y","c"]}"#), "the two named");
+        assert_ne!(base, hash(r#"{"items":["a","b","z"]}"#), "the third counts");
+        assert_ne!(base, hash(r#"{"items":["a","b"]}"#), "so does the length");
+        // Only RFC 6901 indices name an element.
+        for pointer in ["/items/+1", "/items/01", "/items/-"] {
+            let hash = |body: &str| Fingerprint::of_json_bytes(body.as_bytes(), &[pointer]);
+            assert_ne!(
+                hash(r#"{"items":["a","b"]}"#),
+                hash(r#"{"items":["a","c"]}"#),
+                "{pointer}"
+            );
+        }
     }
 
     #[test]
