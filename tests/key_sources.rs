@@ -53,6 +53,16 @@ async fn by_body(State(runs): State<Arc<AtomicUsize>>, _body: Bytes) -> String {
     bump(&runs)
 }
 
+#[idempotent(key = body, fingerprint = exclude("/sent_at"))]
+async fn by_body_excluding(State(runs): State<Arc<AtomicUsize>>, _body: Bytes) -> String {
+    bump(&runs)
+}
+
+#[idempotent]
+async fn by_default(State(runs): State<Arc<AtomicUsize>>, _body: Bytes) -> String {
+    bump(&runs)
+}
+
 #[idempotent(fingerprint = none)]
 async fn no_fingerprint(State(runs): State<Arc<AtomicUsize>>, _body: Bytes) -> String {
     bump(&runs)
@@ -70,6 +80,8 @@ fn app() -> (Router, Arc<AtomicUsize>) {
         .route("/json", post(by_json))
         .route("/json-required", post(by_json_required))
         .route("/body", post(by_body))
+        .route("/body-excluding", post(by_body_excluding))
+        .route("/default", post(by_default))
         .route("/none", post(no_fingerprint))
         .with_state(state);
     (app, runs)
@@ -124,8 +136,14 @@ async fn a_named_header_is_the_key() {
 async fn a_query_parameter_is_the_key() {
     let (app, runs) = app();
     send(&app, "/query?idempotency_key=k%2D1&x=1", &[], "a").await;
-    let (_, replayed, _) = send(&app, "/query?x=2&idempotency_key=k-1", &[], "a").await;
+    let (_, replayed, _) = send(&app, "/query?x=1&idempotency_key=k-1", &[], "a").await;
     assert!(replayed, "percent-decoded, wherever it stands in the query");
+    let (status, _, _) = send(&app, "/query?idempotency_key=k-1&x=2", &[], "a").await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the other parameters are part of the request"
+    );
     let (status, _, _) = send(&app, "/query?idempotency_key=a&idempotency_key=b", &[], "a").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "two keys");
     let (status, replayed, _) = send(&app, "/query", &[], "a").await;
@@ -190,6 +208,49 @@ async fn the_body_itself_is_the_key() {
     let (_, replayed, _) = send(&app, "/body", &[JSON], r#"{"a":1,"b":3}"#).await;
     assert!(!replayed, "another body is another request");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_body_as_key_leaves_the_excluded_fields_out() {
+    let (app, runs) = app();
+    let first = r#"{"order":7,"sent_at":"10:00"}"#;
+    let redelivery = r#"{"order":7,"sent_at":"10:05"}"#;
+    send(&app, "/body-excluding", &[JSON], first).await;
+    let (_, replayed, body) = send(&app, "/body-excluding", &[JSON], redelivery).await;
+    assert!(
+        replayed,
+        "only the excluded field changed: the same request"
+    );
+    assert_eq!(body, "run 1");
+    let (_, replayed, _) = send(&app, "/body-excluding", &[JSON], r#"{"order":8}"#).await;
+    assert!(!replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_query_string_is_part_of_the_request() {
+    let (app, runs) = app();
+    let key = [("idempotency-key", "k")];
+    send(&app, "/default?amount=100&currency=EUR", &key, "").await;
+    let (_, replayed, _) = send(&app, "/default?currency=EUR&amount=%31%30%30", &key, "").await;
+    assert!(replayed, "decoded and in any order, the same parameters");
+    let (status, _, _) = send(&app, "/default?amount=1000&currency=EUR", &key, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "another amount");
+    let (status, _, _) = send(&app, "/default?amount=100", &key, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a parameter less");
+    // Values of one name keep their order: a list is not a set.
+    let key = [("idempotency-key", "list")];
+    send(&app, "/default?id=1&id=2", &key, "").await;
+    let (status, _, _) = send(&app, "/default?id=2&id=1", &key, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // With the body as the key, the query tells two empty submissions apart.
+    send(&app, "/body?job=a", &[], "").await;
+    let (_, replayed, _) = send(&app, "/body?job=b", &[], "").await;
+    assert!(!replayed, "another job");
+    let (_, replayed, _) = send(&app, "/body?job=a", &[], "").await;
+    assert!(replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! canonical form: object keys sorted, no insignificant whitespace. So
 //! `{"a":1, "b":2}` and `{ "b": 2, "a": 1 }` are the same request, and a client library
 //! that re-serialises its payload between retries is not mistaken for a different one.
-//! Any other body, and a JSON body that does not parse, is hashed byte for byte.
+//! Any other body, and a JSON body that does not parse, is hashed byte for byte. An
+//! `#[idempotent]` endpoint folds the request's query parameters into this digest too.
 //!
 //! ```
 //! use idempotent_runtime::Fingerprint;

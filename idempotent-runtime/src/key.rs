@@ -167,17 +167,24 @@ pub(crate) fn key_in_headers<'a>(
 /// Reads the key from query parameter `name`: `Ok(None)` when absent.
 pub fn key_from_query(query: Option<&str>, name: &str) -> Result<Option<String>, KeyError> {
     let mut found = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k) != name.as_bytes() {
+    for (k, v) in query_parameters(query.unwrap_or("")) {
+        if k != name.as_bytes() {
             continue;
         }
         if found.is_some() {
             return Err(KeyError::Multiple);
         }
-        found = Some(percent_decode(v));
+        found = Some(v);
     }
     found.map(|raw| parse_key(&raw)).transpose()
+}
+
+/// The parameters of a query string, names and values percent-decoded, in order.
+pub(crate) fn query_parameters(query: &str) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {

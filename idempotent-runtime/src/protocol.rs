@@ -329,11 +329,26 @@ pub(crate) async fn prepare(
     }
 
     let bytes = read_body(&parts, body, idempotency.body_limit()).await?;
-    let body_fingerprint = || Fingerprint::of_request(&parts.headers, &bytes, &[]);
+    let uri = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(&parts.uri, |uri| &uri.0);
+    // The request as the fingerprint sees it: the body (canonical JSON, the excluded
+    // fields left out) and the query string, all but the key when it is read there.
+    let hashed = || {
+        let exclude = match endpoint.fingerprint {
+            FingerprintMode::Body { exclude } => exclude,
+            FingerprintMode::None => &[],
+        };
+        let body = Fingerprint::of_request(&parts.headers, &bytes, exclude);
+        let key_parameter = match endpoint.key {
+            KeySource::Query(name) => Some(name),
+            _ => None,
+        };
+        with_query(body, uri.query(), key_parameter)
+    };
     let fingerprint = match endpoint.fingerprint {
-        FingerprintMode::Body { exclude } => {
-            Fingerprint::of_request(&parts.headers, &bytes, exclude)
-        }
+        FingerprintMode::Body { .. } => hashed(),
         FingerprintMode::None => Fingerprint::of_bytes(b""),
     };
     let client_key = match (client_key, endpoint.key) {
@@ -342,8 +357,14 @@ pub(crate) async fn prepare(
             Some(key) => Cow::Owned(key),
             None => return missing_key(endpoint, Request::from_parts(parts, Body::from(bytes))),
         },
-        // The canonical body hash is the key.
-        _ => Cow::Owned(body_fingerprint().to_string()),
+        // The request's hash is the key.
+        _ => Cow::Owned(
+            match endpoint.fingerprint {
+                FingerprintMode::Body { .. } => fingerprint,
+                FingerprintMode::None => hashed(),
+            }
+            .to_string(),
+        ),
     };
 
     let scope = match endpoint.scope {
@@ -351,16 +372,40 @@ pub(crate) async fn prepare(
         ScopeSource::Header(name) => Some(hash_header(&parts, name)),
         ScopeSource::Extractor => scope,
     };
-    let path = parts
-        .extensions
-        .get::<OriginalUri>()
-        .map_or_else(|| parts.uri.path(), |uri| uri.path());
-    let key = key::namespace(parts.method.as_str(), path, scope.as_deref(), &client_key);
+    let key = key::namespace(
+        parts.method.as_str(),
+        uri.path(),
+        scope.as_deref(),
+        &client_key,
+    );
     Ok(Prepared::Claim(Claimable {
         request: Request::from_parts(parts, Body::from(bytes)),
         key,
         fingerprint,
     }))
+}
+
+/// `body` with the query string folded in: its parameters percent-decoded and sorted by
+/// name (values of one name keep their order), `key_parameter` left out. A request
+/// without query parameters keeps the body's fingerprint as it is.
+fn with_query(body: Fingerprint, query: Option<&str>, key_parameter: Option<&str>) -> Fingerprint {
+    let mut parameters: Vec<(Vec<u8>, Vec<u8>)> = key::query_parameters(query.unwrap_or(""))
+        .filter(|(name, _)| key_parameter.is_none_or(|key| name.as_slice() != key.as_bytes()))
+        .collect();
+    if parameters.is_empty() {
+        return body;
+    }
+    parameters.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    hasher.update(b"query\0");
+    for (name, value) in &parameters {
+        for part in [name, value] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.update(body.as_bytes());
+    Fingerprint::from_bytes(hasher.finalize().into())
 }
 
 fn missing_key(endpoint: &Endpoint, request: Request) -> Result<Prepared, Problem> {
