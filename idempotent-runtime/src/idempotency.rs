@@ -178,7 +178,7 @@ impl Idempotency {
     }
 
     /// Which of a handler's headers are stored and replayed: all of them by default
-    /// (never `Set-Cookie` or hop-by-hop headers, always `Content-Type`).
+    /// (never `Set-Cookie` or hop-by-hop headers, always `Content-Type` and `Content-Encoding`).
     ///
     /// ```
     /// use http::HeaderName;

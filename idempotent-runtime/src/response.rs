@@ -41,25 +41,31 @@ static NEVER_STORED: [HeaderName; 10] = [
     header::SET_COOKIE,
 ];
 
+/// What tells a client how to read the body: always stored, whatever the choice.
+static ALWAYS_STORED: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_ENCODING];
+
 /// Which of a handler's headers are stored and replayed.
 ///
 /// Whatever the choice, the hop-by-hop headers, `Content-Length` and `Set-Cookie` are
-/// never stored, and `Content-Type` always is (a replay without it would change meaning).
+/// never stored, and `Content-Type` and `Content-Encoding` always are: a replay without
+/// them would hand the client the same bytes to read as something else (gzip as text).
 /// Set it app-wide with [`Idempotency::with_stored_headers`](crate::Idempotency::with_stored_headers).
 ///
 /// ```
-/// use http::HeaderName;
+/// use http::{HeaderName, header};
 /// use idempotent_runtime::response::StoredHeaders;
 ///
-/// let only = StoredHeaders::only([HeaderName::from_static("location")]);
-/// assert!(only.keeps(&HeaderName::from_static("location")));
-/// assert!(only.keeps(&HeaderName::from_static("content-type")));
+/// let only = StoredHeaders::only([header::LOCATION]);
+/// assert!(only.keeps(&header::LOCATION));
+/// assert!(only.keeps(&header::CONTENT_TYPE));
+/// assert!(only.keeps(&header::CONTENT_ENCODING));
 /// assert!(!only.keeps(&HeaderName::from_static("x-request-id")));
 ///
-/// let except = StoredHeaders::except([HeaderName::from_static("x-request-id")]);
+/// let except = StoredHeaders::except([HeaderName::from_static("x-request-id"), header::CONTENT_TYPE]);
 /// assert!(!except.keeps(&HeaderName::from_static("x-request-id")));
-/// assert!(except.keeps(&HeaderName::from_static("etag")));
-/// assert!(!StoredHeaders::All.keeps(&HeaderName::from_static("set-cookie")));
+/// assert!(except.keeps(&header::ETAG));
+/// assert!(except.keeps(&header::CONTENT_TYPE), "always kept");
+/// assert!(!StoredHeaders::All.keeps(&header::SET_COOKIE));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,14 +73,14 @@ pub enum StoredHeaders {
     /// Every header but the never-stored ones. The default.
     #[default]
     All,
-    /// Only these (and `Content-Type`).
+    /// Only these (and `Content-Type`, `Content-Encoding`).
     Only(Vec<HeaderName>),
     /// Every header but these (and the never-stored ones).
     Except(Vec<HeaderName>),
 }
 
 impl StoredHeaders {
-    /// Stores only the named headers, and `Content-Type`.
+    /// Stores only the named headers, and `Content-Type` and `Content-Encoding`.
     pub fn only(names: impl IntoIterator<Item = HeaderName>) -> Self {
         Self::Only(names.into_iter().collect())
     }
@@ -91,7 +97,8 @@ impl StoredHeaders {
         }
         match self {
             Self::All => true,
-            Self::Only(names) => name == header::CONTENT_TYPE || names.contains(name),
+            _ if ALWAYS_STORED.contains(name) => true,
+            Self::Only(names) => names.contains(name),
             Self::Except(names) => !names.contains(name),
         }
     }
