@@ -1,11 +1,13 @@
 use axum::{
     Json, Router,
-    extract::{FromRef, State},
-    http::StatusCode,
+    extract::{FromRef, FromRequestParts, State},
+    http::{StatusCode, request::Parts},
     response::IntoResponse,
     routing::post,
 };
+use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
+use std::convert::Infallible;
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
@@ -15,7 +17,42 @@ use tower::ServiceExt;
 #[derive(Clone, FromRef)]
 struct AppState {
     runs: Arc<AtomicUsize>,
+    held: Held,
     idempotency: Idempotency,
+}
+
+/// How many `Permit`s are alive.
+#[derive(Clone, Default)]
+struct Held(Arc<AtomicUsize>);
+
+/// A guard taken as an argument and never named by the body (a semaphore permit, a lock).
+struct Permit(Held);
+
+impl<S: Send + Sync> FromRequestParts<S> for Permit
+where
+    Held: FromRef<S>,
+{
+    type Rejection = Infallible;
+
+    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let held = Held::from_ref(state);
+        held.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Self(held))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Arguments as an `async fn` takes them: unnamed ones live until the body ends, and a
+/// `ref` pattern borrows from the request's future.
+#[idempotent]
+async fn guarded(_permit: Permit, _: Permit, State(ref held): State<Held>) -> String {
+    tokio::task::yield_now().await;
+    held.0.load(Ordering::SeqCst).to_string()
 }
 
 #[derive(serde::Deserialize)]
@@ -47,6 +84,7 @@ async fn res(Json(o): Json<Order>) -> Result<String, StatusCode> {
 async fn smoke() {
     let state = AppState {
         runs: Default::default(),
+        held: Held::default(),
         idempotency: Idempotency::new(MemoryStore::new()),
     };
     let app = Router::new()
@@ -64,4 +102,24 @@ async fn smoke() {
         assert_eq!(resp.status(), 201);
     }
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn arguments_live_as_long_as_the_body() {
+    let state = AppState {
+        runs: Default::default(),
+        held: Held::default(),
+        idempotency: Idempotency::new(MemoryStore::new()),
+    };
+    let app = Router::new()
+        .route("/g", post(guarded))
+        .with_state(state.clone());
+    let req = axum::http::Request::post("/g")
+        .header("idempotency-key", "k1")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "2", "both permits held while the body ran");
+    assert_eq!(state.held.0.load(Ordering::SeqCst), 0, "and dropped after");
 }

@@ -27,7 +27,11 @@
 //!         scope: __private::ScopeSource::Extractor,
 //!         ..__private::Endpoint::DEFAULT
 //!     };
-//!     let __idempotent_handler = |State(db): State<Db>, Json(order): Json<Order>| async move {
+//!     let __idempotent_handler = |__idempotent_arg0: State<Db>, __idempotent_arg1: Json<Order>| async move {
+//!         let __idempotent_arg0 = __idempotent_arg0;
+//!         let State(db) = __idempotent_arg0;
+//!         let __idempotent_arg1 = __idempotent_arg1;
+//!         let Json(order) = __idempotent_arg1;
 //!         let __idempotent_output = async move {
 //!             if false {
 //!                 let __idempotent_ret: _ = loop {};   // the declared return type, `impl Trait` erased
@@ -59,7 +63,8 @@
 //! handler works with any state and sub-state. The user's code becomes the body of a
 //! closure that axum calls as a handler, so extraction and rejections behave exactly as
 //! without the attribute, and `Self` still works in an `impl` block (a nested `fn` item
-//! could not use it). The closure's parameters are the user's, patterns included.
+//! could not use it). The closure's future binds the user's patterns, as an `async fn`
+//! does: every argument lives until the body ends, and `ref` patterns work.
 //!
 //! Where the user's code can be wrong, the generated tokens carry the span of the
 //! user's token, so that the compiler's error points there:
@@ -361,6 +366,21 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         #private_output::HandlerOutput::into_response(#output_at_type)
     );
     let stmts = &block.stmts;
+    // The closure takes each argument whole and its body binds the user's patterns, as
+    // an `async fn` does: every argument moves into the future, so one the body never
+    // names (`_permit`, a guard) lives until the body ends, and a `ref` pattern borrows
+    // from the future, not from the closure that returns it.
+    let arguments: Vec<_> = (0..params.len())
+        .map(|i| mixed(&format!("__idempotent_arg{i}")))
+        .collect();
+    let bind_arguments = params.iter().zip(&arguments).map(|(param, arg)| {
+        let (attrs, pat) = (&param.attrs, &param.pat);
+        quote! {
+            let #arg = #arg;
+            #(#attrs)*
+            let #pat = #arg;
+        }
+    });
     let endpoint = endpoint_tokens(args);
     let run = match scope_type {
         None => quote! {
@@ -399,7 +419,8 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             #(#bounds,)*
         {
             static #endpoint_static: #private::Endpoint = #endpoint;
-            let #handler = |#(#params),*| async move {
+            let #handler = |#(#arguments: #types),*| async move {
+                #(#bind_arguments)*
                 let #output = async move {
                     #[allow(
                         unknown_lints,
