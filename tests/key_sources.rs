@@ -40,6 +40,12 @@ async fn by_json(
     bump(&runs)
 }
 
+/// The raw body, as a webhook that checks a signature over the bytes takes it.
+#[idempotent(key = json("/event/id"))]
+async fn by_json_raw(State(runs): State<Arc<AtomicUsize>>, body: Bytes) -> String {
+    format!("{} of {} bytes", bump(&runs), body.len())
+}
+
 #[idempotent(key = json("/event/id"), required)]
 async fn by_json_required(
     State(runs): State<Arc<AtomicUsize>>,
@@ -78,6 +84,7 @@ fn app() -> (Router, Arc<AtomicUsize>) {
         .route("/header", post(by_header))
         .route("/query", post(by_query))
         .route("/json", post(by_json))
+        .route("/json-raw", post(by_json_raw))
         .route("/json-required", post(by_json_required))
         .route("/body", post(by_body))
         .route("/body-excluding", post(by_body_excluding))
@@ -178,6 +185,21 @@ async fn a_json_field_is_the_key_for_webhook_redeliveries() {
     let (_, replayed, _) = send(&app, "/json", &[JSON], numeric).await;
     assert!(replayed, "a number is a key too");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_json_key_with_the_body_taken_as_bytes() {
+    let (app, runs) = app();
+    let event = r#"{"event":{"id":"evt_1"}}"#;
+    let (_, _, body) = send(&app, "/json-raw", &[JSON], event).await;
+    assert_eq!(
+        body,
+        format!("run 1 of {} bytes", event.len()),
+        "the body intact"
+    );
+    let (_, replayed, _) = send(&app, "/json-raw", &[JSON], event).await;
+    assert!(replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

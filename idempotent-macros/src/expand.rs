@@ -132,7 +132,6 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     valid::check_signature(&func, &mut errors);
     if let Some(args) = &args {
         valid::check_args(args, &mut errors);
-        valid::check_args_against_signature(args, &func, &mut errors);
     }
     match (args, errors.finish()) {
         (Some(args), None) => expand(&args, func),

@@ -186,23 +186,6 @@ fn check_body_last(func: &ItemFn, errors: &mut Errors) {
     }
 }
 
-/// Arguments that need something of the handler's signature.
-pub(crate) fn check_args_against_signature(args: &Args, func: &ItemFn, errors: &mut Errors) {
-    if let Some(key) = &args.key
-        && let KeyArg::Json(pointer) = &key.value
-    {
-        let last = arg_types(func).last().and_then(|ty| extractor_name(ty));
-        if last.as_deref() != Some("Json") {
-            errors.error(
-                key.span,
-                format!(
-                    "`key = json(\"{pointer}\")` reads the key from a JSON body, but this handler takes no `Json<_>` body\nadd a `Json<T>` argument last, or read the key from elsewhere, e.g. `key = header(\"Idempotency-Key\")`"
-                ),
-            );
-        }
-    }
-}
-
 /// The types of the handler's arguments, in order.
 pub(crate) fn arg_types(func: &ItemFn) -> Vec<&Type> {
     func.sig
