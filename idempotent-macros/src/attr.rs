@@ -238,11 +238,24 @@ fn duration(
     let lit: syn::Lit = meta.input.parse()?;
     let text = match &lit {
         syn::Lit::Str(s) => s.value(),
+        // `10` or `500ms`: the number with its unit (seconds when none), quoted.
         syn::Lit::Int(i) => {
-            errors.error(
-                lit.span(),
-                format!("`{name}` takes a duration string with a unit; did you mean `{name} = \"{}s\"`?", i.base10_digits()),
-            );
+            let unit = if i.suffix().is_empty() {
+                "s"
+            } else {
+                i.suffix()
+            };
+            let fixed = format!("{}{unit}", i.base10_digits());
+            let message = if humantime::parse_duration(&fixed).is_ok() {
+                format!(
+                    "`{name}` takes a duration string with a unit; did you mean `{name} = \"{fixed}\"`?"
+                )
+            } else {
+                format!(
+                    "`{name}` takes a duration string such as `{name} = \"{example}\"`\nunits are `ms`, `s`, `m`, `h` and `d`"
+                )
+            };
+            errors.error(lit.span(), message);
             return Ok(None);
         }
         _ => {
@@ -282,6 +295,17 @@ fn duration(
             Ok(None)
         }
     }
+}
+
+/// Reads `= "string"`, a value written in quotes where a word belongs; `None`, reading
+/// nothing, when the value is not a string.
+fn quoted(meta: &ParseNestedMeta<'_>) -> syn::Result<Option<LitStr>> {
+    let fork = meta.input.fork();
+    if fork.parse::<Token![=]>().is_err() || !fork.peek(LitStr) {
+        return Ok(None);
+    }
+    meta.input.parse::<Token![=]>()?;
+    meta.input.parse().map(Some)
 }
 
 /// The strings of `ident("a", "b")`, with the span of the parentheses.
@@ -325,6 +349,16 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
     if !meta.input.peek(Token![=]) {
         errors.error(meta.path.span(), "`key` needs a source: `key = header`, `key = header(\"X-Request-Id\")`, `key = query(\"name\")`, `key = json(\"/pointer\")` or `key = body`");
         skip_value(meta)?;
+        return Ok(None);
+    }
+    if let Some(lit) = quoted(meta)? {
+        errors.error(
+            lit.span(),
+            format!(
+                "`key` takes a source, not a string: write `key = header(\"{}\")` for a header",
+                lit.value()
+            ),
+        );
         return Ok(None);
     }
     let (ident, args) = call(meta)?;
@@ -421,6 +455,17 @@ fn fingerprint(
         skip_value(meta)?;
         return Ok(None);
     }
+    if let Some(lit) = quoted(meta)? {
+        let fix = match lit.value().as_str() {
+            name @ ("body" | "none") => format!("write `fingerprint = {name}`, without quotes"),
+            _ => "write `fingerprint = body`, `fingerprint = none` or `fingerprint = exclude(\"/pointer\")`".into(),
+        };
+        errors.error(
+            lit.span(),
+            format!("`fingerprint` takes a word, not a string\n{fix}"),
+        );
+        return Ok(None);
+    }
     let (ident, args) = call(meta)?;
     Ok(match (ident.to_string().as_str(), args) {
         ("body", None) => Some(FingerprintArg::Body),
@@ -454,9 +499,13 @@ fn fingerprint(
             None
         }
         (other, _) => {
+            let hint = match suggest(other, &["body", "none", "exclude"]) {
+                Some(near) => format!("; did you mean `{near}`?"),
+                None => String::new(),
+            };
             errors.error(
                 ident.span(),
-                format!("unknown fingerprint `{other}`; expected `body`, `none` or `exclude(\"/pointer\", ...)`"),
+                format!("unknown fingerprint `{other}`{hint}\nexpected `body`, `none` or `exclude(\"/pointer\", ...)`"),
             );
             None
         }

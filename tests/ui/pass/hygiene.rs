@@ -40,8 +40,9 @@ struct Endpoint;
 /// Shadows the macro's generic parameter.
 #[allow(non_camel_case_types)]
 struct __S;
-/// Named like a binding of the expansion: a `const`, a `static` or a unit struct in scope
-/// with a binding's name would turn that binding into a pattern.
+/// Named like what the expansion binds, less its prefix: a `const`, a `static` or a
+/// unit struct in scope with a binding's exact name would turn that binding into a
+/// pattern, so every binding carries the prefix `__idempotent_`.
 #[allow(non_upper_case_globals)]
 const __state: u8 = 0;
 /// A unit struct named like a binding.
@@ -59,6 +60,12 @@ const __ret: u8 = 0;
 /// A constant named like a binding.
 #[allow(non_upper_case_globals)]
 const __value: u8 = 0;
+/// A constant named like an argument's binding.
+#[allow(non_upper_case_globals)]
+const __arg0: u8 = 0;
+/// A unit struct named like an argument's binding.
+#[allow(non_camel_case_types)]
+struct __arg1;
 
 /// The user's error type.
 #[derive(Debug)]
@@ -82,7 +89,7 @@ struct AppState {
 async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response> {
     #![allow(clippy::needless_return)]
     let _ = (Request, Option::Some, Option::None, Duration, Endpoint, __S);
-    let _ = (__state, __request, __handler, __output, __ret, __value);
+    let _ = (__state, __request, __handler, __output, __ret, __value, __arg0, __arg1);
     if n == 0 {
         return Err(MyError);
     }
@@ -91,7 +98,7 @@ async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response
 
 /// A handler with no arguments.
 #[idempotent(scope = header("Authorization"), store = "2xx,4xx", fingerprint = none)]
-async fn ping() -> &'static str {
+async fn ping() -> impl IntoResponse {
     "pong"
 }
 
