@@ -64,6 +64,50 @@ async fn the_same_key_with_another_input_is_refused() {
 }
 
 #[tokio::test]
+async fn a_result_that_does_not_read_back_is_never_run_again() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let ratios = idempotency.once("ratios");
+    let runs = AtomicUsize::new(0);
+    // serde_json writes NaN as `null`, which does not read back as an f64.
+    let first = ratios
+        .run("evt_1", &EVENT, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(f64::NAN)
+        })
+        .await;
+    assert!(
+        matches!(first, Ok(Outcome::Ran(v)) if v.is_nan()),
+        "{first:?}"
+    );
+    let again = ratios
+        .run("evt_1", &EVENT, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(0.5)
+        })
+        .await;
+    assert!(matches!(again, Err(OnceError::Unreadable(_))), "{again:?}");
+    assert!(again.unwrap_err().to_string().contains("ran before"));
+
+    // A result type changed between deploys: the same.
+    let refunds = idempotency.once("refunds");
+    refunds
+        .run("evt_2", &EVENT, || counted(&runs))
+        .await
+        .expect("first run");
+    let changed = refunds
+        .run("evt_2", &EVENT, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>("refunded".to_owned())
+        })
+        .await;
+    assert!(
+        matches!(changed, Err(OnceError::Unreadable(_))),
+        "{changed:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each work ran once");
+}
+
+#[tokio::test]
 async fn failed_work_releases_its_key() {
     let idempotency = Idempotency::new(MemoryStore::new());
     let refunds = idempotency.once("refunds");

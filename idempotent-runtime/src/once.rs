@@ -41,12 +41,21 @@
 //! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
 //! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
 //! | `Err(OnceError::Store(_))` | the store is unavailable; nothing ran | redeliver later |
+//! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
+//! | `Err(OnceError::Unreadable(_))` | it ran before, but its stored result does not read back as `T` | dead-letter |
+//!
+//! `Unreadable` means the work ran: a redelivery would only get the same error until the
+//! record expires, and then run the work a second time. It comes from a result type
+//! changed between deploys, or a result that did not serialise (a NaN `f64`, a map
+//! with non-string keys) when the work ran.
 //!
 //! The input is fingerprinted in canonical JSON, like a request body. The work's result
 //! is stored as JSON, so it must serialise and deserialise. While the work runs, its
 //! lease is renewed; if the work panics, the key is released and the panic resumes. A
 //! future dropped mid-work (its task cancelled) stops renewing, and the key frees up when
-//! the lease lapses.
+//! the lease lapses. Dropped after the work but before its result is recorded, it leaves
+//! no record either, and a redelivery runs the work again: bound the work with a
+//! timeout inside the closure, not the call to `run` from outside.
 
 use std::fmt;
 use std::future::Future;
@@ -99,9 +108,11 @@ pub enum OnceError<E> {
     Failed(E),
     /// The store could not be reached or did not answer in time; nothing ran.
     Store(StoreError),
-    /// The stored result could not be read back as the expected type (or could not be
-    /// serialised when the work ran), or the input could not be serialised.
-    Codec(serde_json::Error),
+    /// The input could not be serialised to be fingerprinted; nothing ran.
+    Input(serde_json::Error),
+    /// The work ran before, but its stored result does not read back as the expected
+    /// type (the type changed, or the result did not serialise when the work ran).
+    Unreadable(serde_json::Error),
 }
 
 impl<E: fmt::Display> fmt::Display for OnceError<E> {
@@ -114,7 +125,11 @@ impl<E: fmt::Display> fmt::Display for OnceError<E> {
             Self::KeyReused => f.write_str("the key was already used with a different input"),
             Self::Failed(err) => write!(f, "the work failed: {err}"),
             Self::Store(err) => write!(f, "the idempotency store is unavailable: {err}"),
-            Self::Codec(err) => write!(f, "the result could not be stored or read back: {err}"),
+            Self::Input(err) => write!(f, "the input could not be serialised: {err}"),
+            Self::Unreadable(err) => write!(
+                f,
+                "the work ran before, but its stored result cannot be read back: {err}"
+            ),
         }
     }
 }
@@ -124,7 +139,7 @@ impl<E: std::error::Error + 'static> std::error::Error for OnceError<E> {
         match self {
             Self::Failed(err) => Some(err),
             Self::Store(err) => Some(err),
-            Self::Codec(err) => Some(err),
+            Self::Input(err) | Self::Unreadable(err) => Some(err),
             Self::InFlight { .. } | Self::KeyReused => None,
         }
     }
@@ -187,7 +202,7 @@ impl Once<'_> {
         Fut: Future<Output = Result<T, E>>,
     {
         let fingerprint =
-            Fingerprint::of_json(&serde_json::to_value(input).map_err(OnceError::Codec)?);
+            Fingerprint::of_json(&serde_json::to_value(input).map_err(OnceError::Input)?);
         let store_key = key::namespace("ONCE", &self.operation, None, key);
         let idempotency = self.idempotency;
         let token = match decide(idempotency, &store_key, fingerprint, self.lease).await {
@@ -204,7 +219,8 @@ impl Once<'_> {
                 });
             }
             Decision::Decided(Claim::Existing(Record::Completed { response, .. })) => {
-                let value = serde_json::from_slice(response.body()).map_err(OnceError::Codec)?;
+                let value =
+                    serde_json::from_slice(response.body()).map_err(OnceError::Unreadable)?;
                 return Ok(Outcome::Replayed(value));
             }
             Decision::Failed(err) => return Err(OnceError::Store(err)),
@@ -237,9 +253,9 @@ impl Once<'_> {
         };
         // A result that cannot be serialised is still the result of work that ran: keep a
         // record anyway, so that the key is never run again (its replays report the codec
-        // error), and hand the value to this caller.
+        // `Unreadable`), and hand the value to this caller.
         let body = serde_json::to_vec(&value).unwrap_or_else(|err| {
-            tracing::error!(target: TARGET, key = short(&execution.key), error = %err, "the result cannot be serialised; retries will get a codec error");
+            tracing::error!(target: TARGET, key = short(&execution.key), error = %err, "the result cannot be serialised; retries will get `Unreadable`");
             Vec::new()
         });
         let stored = StoredResponse::new(StatusCode::OK, HeaderMap::new(), body.into());
