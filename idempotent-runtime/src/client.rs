@@ -9,6 +9,11 @@
 //! [`IdempotencyKey`] extension. [`RetryInFlight`] makes `reqwest-retry` wait out a `409`
 //! that says the first attempt is still running, instead of giving up.
 //!
+//! The key goes in the `Idempotency-Key` header, where `#[idempotent]` reads it by
+//! default; for an endpoint that reads it elsewhere (`key = header("X-Request-Id")`,
+//! `key = query(..)`), set it there yourself. The retry policy decides when to try again,
+//! not the `409`'s `Retry-After`: give it retries enough to outlast your slowest handler.
+//!
 //! ```no_run
 //! use idempotent_runtime::client::{IdempotencyKey, IdempotencyKeys, RetryInFlight};
 //! use idempotent_runtime::client::reqwest_middleware::ClientBuilder;
