@@ -111,7 +111,7 @@ impl Idempotency {
         self
     }
 
-    /// How long responses are kept for endpoints that set no `ttl`.
+    /// How long responses are kept for endpoints that set no `ttl`. At least 1 ms.
     ///
     /// ```
     /// use std::time::Duration;
@@ -165,6 +165,8 @@ impl Idempotency {
     }
 
     /// How long one store operation may take; past it the store counts as unavailable.
+    /// Keep it well above the store's round trip: an operation that takes longer (claim,
+    /// lease renewal, completion) fails, and a claim that fails is a `503`.
     ///
     /// ```
     /// use std::time::Duration;

@@ -177,13 +177,13 @@ impl Idempotency {
 }
 
 impl Once<'_> {
-    /// How long a result is kept.
+    /// How long a result is kept. At least 1 ms.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.ttl = ttl.max(Duration::from_millis(1));
         self
     }
 
-    /// How long a crashed caller's claim blocks the key.
+    /// How long a crashed caller's claim blocks the key. At least 1 ms.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(1));
         self
