@@ -30,7 +30,7 @@ use proc_macro::TokenStream;
 /// | `required` | `required` | a request without a key gets `400` instead of running unprotected |
 /// | `scope` | `scope = header("Authorization")`, `scope = Tenant` | the caller's identity, folded into the key: multi-tenant APIs must set it |
 /// | `store` | `store = "2xx,4xx"` | which statuses are stored (default `2xx`) |
-/// | `fingerprint` | `fingerprint = exclude("/sent_at")`, `none` | what makes "the same request" (default: the body, canonical JSON) |
+/// | `fingerprint` | `fingerprint = exclude("/sent_at")`, `none` | what makes "the same request" (default: the body, canonical JSON, and the query string) |
 ///
 /// Every argument has a runnable example in the `idempotent-runtime` crate docs, which
 /// also describe the protocol and the stores. Mistakes are compile errors at the
@@ -40,6 +40,10 @@ use proc_macro::TokenStream;
 /// `#[idempotent]`, where they see the handler's own arguments; below it they would see
 /// the generated wrapper's, and `#[instrument]` there is a compile error. axum's
 /// `#[debug_handler]` cannot be combined with it.
+///
+/// The function keeps its name and visibility, but its signature becomes one axum calls
+/// with the whole request: a test calls it through a `Router`, not directly with its
+/// extractors.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::idempotent(args.into(), item.into()).into()
