@@ -15,6 +15,7 @@ use tower::ServiceExt;
 
 mod support;
 use support::broken::Broken;
+use support::flaky::{Fault, Flaky};
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]
@@ -121,6 +122,12 @@ async fn every_outcome_is_logged_without_the_raw_key() {
         send(&broken, key, "201").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // A completion applied whose answer was lost: its second attempt is refused, and
+    // the log does not claim a takeover that did not happen.
+    let lost = Router::new()
+        .route("/", post(answer))
+        .with_state(Idempotency::new(Flaky::new(Fault::LostComplete)));
+    assert_eq!(send(&lost, key, "201").await, StatusCode::CREATED);
 
     let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
     for outcome in [
@@ -134,9 +141,14 @@ async fn every_outcome_is_logged_without_the_raw_key() {
         "request rejected: body too large",
         "request rejected: no idempotency key",
         "request rejected: invalid idempotency key",
+        "completion refused after a failed attempt: that attempt stored the response",
     ] {
         assert!(logs.contains(outcome), "no `{outcome}` event in:\n{logs}");
     }
+    assert!(
+        !logs.contains("response not stored: the claim was taken over"),
+        "{logs}"
+    );
     for raw in [key, other, slow] {
         assert!(!logs.contains(raw), "the raw key reached the logs:\n{logs}");
     }

@@ -754,11 +754,15 @@ impl Execution {
         })
         .await;
         match completed {
-            Some(true) => {
+            Some((true, _)) => {
                 tracing::debug!(target: TARGET, key = short(&self.key), status = stored.status().as_u16(), "completed");
             }
-            Some(false) => {
+            Some((false, 1)) => {
                 tracing::warn!(target: TARGET, key = short(&self.key), "response not stored: the claim was taken over after its lease lapsed");
+            }
+            // The store may have applied an attempt whose answer did not arrive in time.
+            Some((false, _)) => {
+                tracing::warn!(target: TARGET, key = short(&self.key), "completion refused after a failed attempt: that attempt stored the response, or the claim was taken over after its lease lapsed");
             }
             None => {
                 tracing::error!(target: TARGET, key = short(&self.key), "response not stored: the store is unavailable; the key frees up when the lease lapses");
@@ -797,14 +801,15 @@ const SETTLE_ATTEMPTS: u32 = 3;
 /// Runs `op`, the last store operation of a claim, retrying a failure or a time-out a
 /// couple of times while the lease surely still holds (within a third of it, the renewal
 /// period): each success here spares the client a `409` until the lease lapses, and for a
-/// completion a second execution after it. `None` if every attempt failed.
+/// completion a second execution after it. The store's answer and the attempt that got
+/// it, or `None` if every attempt failed.
 async fn settle<F, Fut>(
     idempotency: &Idempotency,
     key: &str,
     what: &'static str,
     lease: Duration,
     mut op: F,
-) -> Option<bool>
+) -> Option<(bool, u32)>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, StoreError>>,
@@ -813,7 +818,7 @@ where
     let mut backoff = Duration::from_millis(25);
     for attempt in 1..=SETTLE_ATTEMPTS {
         match within(idempotency.store_timeout(), op()).await {
-            Ok(Ok(done)) => return Some(done),
+            Ok(Ok(done)) => return Some((done, attempt)),
             Ok(Err(err)) => {
                 tracing::warn!(target: TARGET, key = short(key), attempt, error = %err, "{what} failed");
             }

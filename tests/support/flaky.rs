@@ -16,6 +16,8 @@ pub enum Fault {
     SlowClaim(Duration),
     /// The first completion fails without taking effect.
     FailedComplete,
+    /// The first completion takes effect, but its answer is lost: an error.
+    LostComplete,
     /// The first release fails without taking effect.
     FailedRelease,
     /// The first this many renewals fail without taking effect.
@@ -95,7 +97,11 @@ impl Store for Flaky {
         if self.strikes(Fault::FailedComplete) {
             return Err(StoreError::new("connection reset"));
         }
-        self.inner.complete(key, token, response, ttl).await
+        let completed = self.inner.complete(key, token, response, ttl).await;
+        if self.strikes(Fault::LostComplete) {
+            return Err(StoreError::new("connection reset"));
+        }
+        completed
     }
 
     async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
