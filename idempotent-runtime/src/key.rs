@@ -7,7 +7,8 @@
 //! so both are accepted and mean the same key. A key is rejected with `400` when it is
 //! empty (`""` included), longer than [`MAX_KEY_LEN`] bytes once unquoted, contains a byte
 //! outside visible ASCII (`!` to `~`), or is a malformed quoted string; and when a request
-//! carries more than one key header.
+//! carries more than one key header, also when a proxy joined them into one line
+//! (`a, b`: said so rather than "invalid key").
 //!
 //! ```
 //! use idempotent_runtime::key::{KeyError, parse_key};
@@ -161,7 +162,22 @@ pub(crate) fn key_in_headers<'a>(
     if values.next().is_some() {
         return Err(KeyError::Multiple);
     }
-    parse_key_in_place(first.as_bytes()).map(Some)
+    parse_key_in_place(first.as_bytes())
+        .map(Some)
+        .map_err(|err| {
+            if joined(first.as_bytes()) {
+                KeyError::Multiple
+            } else {
+                err
+            }
+        })
+}
+
+/// Whether an invalid header value is two valid keys that a proxy joined into one line
+/// (`a, b`, `"a", "b"`), as HTTP allows for repeated headers.
+fn joined(value: &[u8]) -> bool {
+    let keys = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+    value.contains(&b',') && keys.into_iter().all(|key| parse_key_in_place(key).is_ok())
 }
 
 /// Reads the key from query parameter `name`: `Ok(None)` when absent.
@@ -342,6 +358,18 @@ mod tests {
             Err(KeyError::Multiple)
         );
         assert_eq!(key_from_headers(&headers, "x-other"), Ok(None));
+
+        // Two headers a proxy joined into one line.
+        let one = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("idempotency-key", value.parse().unwrap());
+            key_from_headers(&headers, "idempotency-key")
+        };
+        assert_eq!(one("a, b"), Err(KeyError::Multiple));
+        assert_eq!(one(r#""a", "b""#), Err(KeyError::Multiple));
+        // A comma is a visible character: a bare key may hold one.
+        assert_eq!(one("a,b"), Ok(Some("a,b".into())));
+        assert!(matches!(one("a b, c"), Err(KeyError::InvalidByte { .. })));
     }
 
     #[test]
