@@ -47,12 +47,18 @@ impl Drop for Permit {
     }
 }
 
-/// Arguments as an `async fn` takes them: unnamed ones live until the body ends, and a
-/// `ref` pattern borrows from the request's future.
+/// Arguments as an `async fn` takes them: unnamed ones live until the body ends, and
+/// `ref` and `ref mut` patterns borrow from the request's future.
 #[idempotent]
-async fn guarded(_permit: Permit, _: Permit, State(ref held): State<Held>) -> String {
+async fn guarded(
+    _permit: Permit,
+    _: Permit,
+    State(ref held): State<Held>,
+    ref mut body: String,
+) -> String {
     tokio::task::yield_now().await;
-    held.0.load(Ordering::SeqCst).to_string()
+    body.push_str(&held.0.load(Ordering::SeqCst).to_string());
+    body.clone()
 }
 
 #[derive(serde::Deserialize)]
@@ -116,10 +122,10 @@ async fn arguments_live_as_long_as_the_body() {
         .with_state(state.clone());
     let req = axum::http::Request::post("/g")
         .header("idempotency-key", "k1")
-        .body(axum::body::Body::empty())
+        .body(axum::body::Body::from("held: "))
         .unwrap();
     let resp = app.oneshot(req).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "2", "both permits held while the body ran");
+    assert_eq!(body, "held: 2", "both permits held while the body ran");
     assert_eq!(state.held.0.load(Ordering::SeqCst), 0, "and dropped after");
 }

@@ -28,9 +28,9 @@
 //!         ..__private::Endpoint::DEFAULT
 //!     };
 //!     let __idempotent_handler = |__idempotent_arg0: State<Db>, __idempotent_arg1: Json<Order>| async move {
-//!         let __idempotent_arg0 = __idempotent_arg0;
+//!         let mut __idempotent_arg0 = __idempotent_arg0;
 //!         let State(db) = __idempotent_arg0;
-//!         let __idempotent_arg1 = __idempotent_arg1;
+//!         let mut __idempotent_arg1 = __idempotent_arg1;
 //!         let Json(order) = __idempotent_arg1;
 //!         let __idempotent_output = async move {
 //!             if false {
@@ -374,8 +374,10 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         .collect();
     let bind_arguments = params.iter().zip(&arguments).map(|(param, arg)| {
         let (attrs, pat) = (&param.attrs, &param.pat);
+        // `mut`, as in rustc's own lowering: the pattern may bind `ref mut`.
         quote! {
-            let #arg = #arg;
+            #[allow(unused_mut)]
+            let mut #arg = #arg;
             #(#attrs)*
             let #pat = #arg;
         }
