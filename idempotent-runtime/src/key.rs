@@ -164,12 +164,13 @@ pub(crate) fn key_in_headers<'a>(
     }
     parse_key_in_place(first.as_bytes())
         .map(Some)
-        .map_err(|err| {
-            if joined(first.as_bytes()) {
+        .map_err(|err| match err {
+            KeyError::InvalidByte { .. } | KeyError::MalformedQuoted
+                if joined(first.as_bytes()) =>
+            {
                 KeyError::Multiple
-            } else {
-                err
             }
+            err => err,
         })
 }
 
@@ -211,7 +212,9 @@ fn percent_decode(s: &str) -> Vec<u8> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                let hex = &bytes[i + 1..i + 3];
+                let digits = hex.iter().all(u8::is_ascii_hexdigit);
+                let hex = std::str::from_utf8(hex).ok().filter(|_| digits);
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
                         out.push(b);
@@ -370,6 +373,14 @@ mod tests {
         // A comma is a visible character: a bare key may hold one.
         assert_eq!(one("a,b"), Ok(Some("a,b".into())));
         assert!(matches!(one("a b, c"), Err(KeyError::InvalidByte { .. })));
+        // One key too long, commas or not.
+        let long = format!("{},{}", "a".repeat(200), "b".repeat(200));
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", long.parse().unwrap());
+        assert_eq!(
+            key_from_headers(&headers, "idempotency-key"),
+            Err(KeyError::TooLong(401))
+        );
     }
 
     #[test]
@@ -386,6 +397,9 @@ mod tests {
         );
         assert_eq!(key_from_query(Some("k="), "k"), Err(KeyError::Empty));
         assert_eq!(key_from_query(Some("k=%"), "k"), Ok(Some("%".into())));
+        // `%` and two hex digits, no sign: otherwise kept as written (`+` is a space).
+        let decoded: Vec<_> = query_parameters("k=%+41").collect();
+        assert_eq!(decoded, [(b"k".to_vec(), b"% 41".to_vec())]);
     }
 
     #[test]
