@@ -352,12 +352,17 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
         return Ok(None);
     }
     if let Some(lit) = quoted(meta)? {
+        let value = lit.value();
+        let fix = match value.as_str() {
+            word if KEY_SOURCES.contains(&word) => format!("write `key = {word}`, without quotes"),
+            pointer if pointer.starts_with('/') => {
+                format!("for a field of a JSON body, write `key = json(\"{pointer}\")`")
+            }
+            name => format!("for a header, write `key = header(\"{name}\")`"),
+        };
         errors.error(
             lit.span(),
-            format!(
-                "`key` takes a source, not a string: write `key = header(\"{}\")` for a header",
-                lit.value()
-            ),
+            format!("`key` takes a source, not a string\n{fix}"),
         );
         return Ok(None);
     }

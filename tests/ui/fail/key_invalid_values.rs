@@ -6,6 +6,12 @@ async fn no_source() {}
 #[idempotent(key = "X-Request-Id")]
 async fn quoted() {}
 
+#[idempotent(key = "body")]
+async fn quoted_word() {}
+
+#[idempotent(key = "/event/id")]
+async fn quoted_pointer() {}
+
 #[idempotent(key = query(""))]
 async fn empty_query_name() {}
 
