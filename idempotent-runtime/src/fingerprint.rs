@@ -1,4 +1,5 @@
-//! What identifies "the same request": a SHA-256 over the request body.
+//! What identifies "the same request": a SHA-256 over the request body (and, for an
+//! `#[idempotent]` endpoint, its query parameters).
 //!
 //! JSON bodies (`Content-Type: application/json` or any `+json` type) are hashed in a
 //! canonical form: object keys sorted, no insignificant whitespace. So

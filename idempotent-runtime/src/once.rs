@@ -252,7 +252,7 @@ impl Once<'_> {
             }
         };
         // A result that cannot be serialised is still the result of work that ran: keep a
-        // record anyway, so that the key is never run again (its replays report the codec
+        // record anyway, so that the key is never run again (its replays get
         // `Unreadable`), and hand the value to this caller.
         let body = serde_json::to_vec(&value).unwrap_or_else(|err| {
             tracing::error!(target: TARGET, key = short(&execution.key), error = %err, "the result cannot be serialised; retries will get `Unreadable`");

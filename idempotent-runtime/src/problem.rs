@@ -18,7 +18,7 @@
 //! | `#body-unreadable` | 400 | the request body could not be read |
 //! | `#request-in-flight` | 409 | another request with this key holds a live lease (`Retry-After` says when to retry) |
 //! | `#body-too-large` | 413 | the request body is larger than the limit |
-//! | `#key-reused` | 422 | the key was used with a different request body |
+//! | `#key-reused` | 422 | the key was used with a different request (body or query string) |
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
 //! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
 //! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
@@ -57,8 +57,9 @@
 //!
 //! # key-reused
 //!
-//! `422`. The key was already used with a different request body. A key names one
-//! operation; use a new key for a new operation.
+//! `422`. The key was already used with a different request: another body or query
+//! string (the fingerprint differs). A key names one operation; use a new key for a new
+//! operation.
 //!
 //! # handler-panicked
 //!

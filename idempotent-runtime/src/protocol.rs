@@ -583,7 +583,7 @@ async fn claim<'a>(
             tracing::warn!(target: TARGET, key = short(key), "key reused with a different request");
             Problem::new(
                 ProblemKind::KeyReused,
-                "this idempotency key was already used with a different request body; use a new key for a new request",
+                "this idempotency key was already used with a different request (body or query string); use a new key for a new request",
             )
             .into_response()
         }
