@@ -1,4 +1,8 @@
 //! The per-request protocol, through a real `Router`: every outcome a client can see.
+//!
+//! The tests that race a lease against a handler run on paused time (`start_paused`):
+//! the memory store and the lease renewals read tokio's clock, so a busy machine cannot
+//! stretch a 100 ms lease, and the timings are exact.
 
 mod support;
 
@@ -539,7 +543,7 @@ async fn a_response_body_that_panics_releases_its_key() {
     a_panic_releases_the_key("/body-panics", b"part 1;part 2;").await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_body_streamed_for_longer_than_the_lease_keeps_its_claim() {
     let (app, runs) = app();
     let first = tokio::spawn({
@@ -570,7 +574,7 @@ fn slow_request(key: &str, body: &str, sleep_ms: u64) -> Request<Body> {
     req
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_duplicate_while_in_flight_gets_409_with_retry_after() {
     let (app, runs) = app();
     let first = tokio::spawn({
@@ -600,7 +604,7 @@ async fn a_duplicate_while_in_flight_gets_409_with_retry_after() {
     assert_eq!(runs.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_handler_slower_than_its_lease_is_never_run_twice() {
     let (app, runs) = app();
     // The lease is 100 ms; the handler takes 600 ms. Its owner renews the lease, so
@@ -618,7 +622,7 @@ async fn a_handler_slower_than_its_lease_is_never_run_twice() {
     assert_eq!(runs.get(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_renewal_that_fails_is_tried_again_before_the_lease_lapses() {
     // The lease is 100 ms, renewed every 33 ms; the first two renewals fail. Tried again
     // only at the next period, the third would come as the lease lapses.
@@ -755,7 +759,7 @@ async fn the_app_chooses_which_headers_are_replayed() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_claim_granted_after_its_503_does_not_block_the_key() {
     // The store answers the first claim after 300 ms, long past the 50 ms timeout, and
     // grants it then. The client got a 503; its retry must not find the key held by that
