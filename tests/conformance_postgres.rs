@@ -364,6 +364,33 @@ async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
     );
 }
 
+/// A statement under way when the cleanup is stopped, which then finishes within the
+/// grace, is counted: `stop()` reports what was removed.
+#[tokio::test]
+async fn stopping_the_cleanup_counts_the_statement_under_way() {
+    let (store, _schema) = fresh_store().await;
+    fill(&store, 2, 0).await;
+    let blocker = pool().await;
+    let mut lock = blocker.begin().await.expect("begin");
+    let statement = format!(
+        r#"LOCK TABLE "{}"."{}" IN ACCESS EXCLUSIVE MODE"#,
+        store.schema(),
+        store.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(cleanup.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lock.rollback().await.expect("rollback");
+    let removed = stopping.await.expect("stop()");
+    assert_eq!(removed, 2, "the statement finished within the grace");
+    assert_eq!(row_count(&store).await, 0);
+}
+
 #[tokio::test]
 async fn corrupt_rows_are_store_errors_not_panics() {
     let (store, _schema) = fresh_store().await;

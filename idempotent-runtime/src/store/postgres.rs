@@ -621,14 +621,18 @@ pub struct CleanupTask {
 
 impl CleanupTask {
     /// Stops the task and returns how many rows it removed in all. A statement in
-    /// progress is given up at once (its rows, if it still commits, are not counted), so
-    /// that a database that stopped answering cannot hold up a shutdown.
+    /// progress gets [`STOP_GRACE`] to report its rows; past that it is given up (its
+    /// rows, if it still commits, are not counted), so that a database that stopped
+    /// answering cannot hold up a shutdown.
     pub async fn stop(self) -> u64 {
         let Self { stop, task } = self;
         drop(stop);
         task.await.unwrap_or(0)
     }
 }
+
+/// How long [`CleanupTask::stop`] waits for a statement in progress to report.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 async fn cleanup_loop(
     store: PostgresStore,
@@ -648,14 +652,20 @@ async fn cleanup_loop(
             _ = ticks.tick() => {}
         }
         // `purge_expired`, one batch at a time, so that every batch is counted; a stop
-        // request ends the statement in progress, which may be waiting on a database
-        // that no longer answers.
+        // request gives the statement in progress a moment to report (it may have
+        // committed already) and then ends it: the database may no longer answer.
         let mut removed = 0u64;
         loop {
+            let mut purge = std::pin::pin!(store.purge_batch(batch));
             let purged = tokio::select! {
                 biased;
-                _ = &mut stopped => break 'running,
-                purged = store.purge_batch(batch) => purged,
+                _ = &mut stopped => {
+                    if let Ok(Ok(deleted)) = tokio::time::timeout(STOP_GRACE, purge).await {
+                        total += deleted;
+                    }
+                    break 'running;
+                }
+                purged = &mut purge => purged,
             };
             match purged {
                 Ok(deleted) => {
