@@ -177,10 +177,11 @@ async fn concurrent_deliveries_run_the_work_once(consumers: Vec<Idempotency>, op
             tokio::time::sleep(Duration::from_millis(10 * (i as u64 % 8))).await;
             idempotency
                 .once(operation)
-                .with_lease(Duration::from_millis(150))
+                // Renewed every 333 ms: only a stall of twice that would lapse it.
+                .with_lease(Duration::from_secs(1))
                 .run("evt_1", &EVENT, || async {
                     let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
                     Ok::<_, std::io::Error>(n)
                 })
                 .await

@@ -468,9 +468,10 @@ where
         "a 409 must come first, while the lease lasts"
     );
     // The last renewal was at most a third of the lease (plus a round trip) before the
-    // kill, so the lease ran at least two thirds of it past the kill.
+    // kill, so the lease ran at least two thirds of it past the kill; a third, even if
+    // that renewal came a whole period late on a busy machine.
     assert!(
-        waited >= LEASE / 2,
+        waited >= LEASE / 3,
         "taken over {waited:?} after the owner died, before its lease of {LEASE:?} lapsed"
     );
     assert!(!taken_over.replayed, "the survivor ran the request itself");
