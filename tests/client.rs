@@ -168,7 +168,15 @@ async fn a_duplicate_waits_out_the_conflict_and_gets_the_response() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The duplicate goes once the first one's handler runs, so it meets the claim.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.runs.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first request never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let duplicate = client()
         .post(&url)
         .with_extension(IdempotencyKey::new("k"))

@@ -330,6 +330,10 @@ async fn fifty_concurrent_retries_over_http_create_one_order() {
     }
     assert_eq!(created.len(), 1, "exactly one request created the order");
     assert_eq!(created.len() + replays.len() + conflicts, 50);
+    assert!(
+        conflicts > 0,
+        "some duplicates met the first one in flight, or nothing here ran concurrently"
+    );
     assert!(replays.iter().all(|body| *body == created[0]));
     assert_eq!(orders.executions(), 1);
 

@@ -98,7 +98,7 @@ async fn smoke() {
         .route("/n", post(noargs))
         .route("/r", post(res))
         .with_state(state.clone());
-    for _ in 0..2 {
+    for attempt in 0..2 {
         let req = axum::http::Request::post("/o")
             .header("idempotency-key", "k1")
             .header("content-type", "application/json")
@@ -106,6 +106,8 @@ async fn smoke() {
             .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 201);
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        assert_eq!(replayed, attempt == 1, "the retry is the replay");
     }
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
