@@ -194,9 +194,14 @@ async fn each_protocol_step_is_one_command() {
 
     // A conflict with a request in flight: one command (claim, which finds it in flight).
     let first = tokio::spawn(post_json(addr, "/gated", "k2", json!({})));
-    while gate.entered.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let entered = async {
+        while gate.entered.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), entered)
+        .await
+        .expect("the first request's handler ran");
     let before = command_calls(&mut stats).await;
     assert_eq!(
         post_json(addr, "/gated", "k2", json!({})).await,

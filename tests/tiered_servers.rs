@@ -124,9 +124,14 @@ async fn replays_come_from_redis_and_postgres_carries_on_without_it() {
         let client = client.clone();
         tokio::spawn(async move { send(&client, a, &Order::new("third").sleeping(1_500)).await })
     };
-    while replicas.runs().get() < 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let started = async {
+        while replicas.runs().get() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("the slow request's handler ran");
     let conflict = send(&client, b, &Order::new("third")).await;
     assert!(is_conflict(&conflict), "{conflict:?}");
     let third = slow.await.expect("the slow request's task");

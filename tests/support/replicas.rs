@@ -427,9 +427,14 @@ where
         let (client, order, addr) = (client.clone(), order.clone(), dying.addr());
         tokio::spawn(async move { client.post(addr, &order.sleeping(60_000)).await })
     };
-    while runs.get() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let started = async {
+        while runs.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("the slow request's handler ran");
     // The handler outlives its first lease: the owner's renewals keep the key.
     tokio::time::sleep(LEASE * 3 / 2).await;
     let answer = post(order.clone()).await;
