@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use idempotent_runtime::testkit::{concurrent_claims_have_one_winner, run_all, sample_response};
 use idempotent_runtime::{Claim, Fingerprint, PostgresStore, Record, Store};
-use support::postgres::{TestSchema, fresh_store, lock_rows, pool, row_count};
+use support::postgres::{TestSchema, connect_options, fresh_store, lock_rows, pool, row_count};
 
 const LONG: Duration = Duration::from_secs(3600);
 /// Expired as soon as it is written; the tests still wait past it.
@@ -59,8 +59,36 @@ async fn postgres_store_passes_the_kit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_settle_on_new_and_lapsed_keys() {
     let (store, _schema) = fresh_store().await;
+    claims_settle(&store).await;
+}
+
+/// The same, and the whole kit, over a pool whose transactions default to `REPEATABLE
+/// READ`: a claim that meets a concurrent claimant then fails with a serialization
+/// error, which the store answers by trying again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_at_repeatable_read_settles_claims_too() {
+    let (_migrated, schema) = fresh_store().await;
+    let options = connect_options().options([("default_transaction_isolation", "repeatable read")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(options)
+        .await
+        .expect("a pool");
+    let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
+        .fetch_one(&pool)
+        .await
+        .expect("isolation");
+    assert_eq!(isolation, "repeatable read");
+    let store = PostgresStore::new(pool)
+        .with_schema(schema.name())
+        .expect("a valid schema name");
+    claims_settle(&store).await;
+    run_all(&store).await;
+}
+
+async fn claims_settle(store: &PostgresStore) {
     for round in 0..10 {
-        concurrent_claims_have_one_winner(&store, &format!("new-{round}"), 50).await;
+        concurrent_claims_have_one_winner(store, &format!("new-{round}"), 50).await;
 
         let lapsed = format!("lapsed-{round}");
         assert!(matches!(
