@@ -107,6 +107,23 @@ async fn a_result_that_does_not_read_back_is_never_run_again() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "each work ran once");
 }
 
+#[tokio::test(start_paused = true)]
+async fn work_past_the_execution_limit_is_stopped_and_its_key_released() {
+    let idempotency =
+        Idempotency::new(MemoryStore::new()).with_execution_limit(Duration::from_secs(1));
+    let refunds = idempotency.once("refunds");
+    let stuck = refunds
+        .run("evt_1", &EVENT, || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<u32, std::io::Error>(0)
+        })
+        .await;
+    assert!(matches!(stuck, Err(OnceError::PastLimit)), "{stuck:?}");
+    let runs = AtomicUsize::new(0);
+    let retried = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(retried.ok(), Some(Outcome::Ran(1)), "the key was released");
+}
+
 #[tokio::test]
 async fn failed_work_releases_its_key() {
     let idempotency = Idempotency::new(MemoryStore::new());

@@ -567,6 +567,27 @@ async fn a_body_streamed_for_longer_than_the_lease_keeps_its_claim() {
     assert_eq!(runs.get(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_handler_past_the_execution_limit_is_stopped_and_its_key_released() {
+    let idempotency =
+        Idempotency::new(MemoryStore::new()).with_execution_limit(Duration::from_secs(1));
+    let (app, runs) = app_with(idempotency);
+    let started = tokio::time::Instant::now();
+    let stuck = send(&app, slow_request("k", "a", 3_600_000)).await;
+    assert_eq!(stuck.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(stuck.problem_type(), "handler-timed-out");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    // The key is free: the retry runs, and this time in time.
+    let retry = send(&app, slow_request("k", "a", 10)).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(&retry.body[..], b"run 2");
+    assert_eq!(runs.get(), 2);
+}
+
 fn slow_request(key: &str, body: &str, sleep_ms: u64) -> Request<Body> {
     let mut req = post_with("/slow", key, body);
     req.headers_mut()

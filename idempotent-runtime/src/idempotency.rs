@@ -64,6 +64,7 @@ struct Config {
     response_limit: usize,
     store_timeout: Duration,
     stored_headers: StoredHeaders,
+    execution_limit: Option<Duration>,
 }
 
 impl fmt::Debug for Idempotency {
@@ -75,6 +76,7 @@ impl fmt::Debug for Idempotency {
             .field("response_limit", &self.inner.response_limit)
             .field("store_timeout", &self.inner.store_timeout)
             .field("stored_headers", &self.inner.stored_headers)
+            .field("execution_limit", &self.inner.execution_limit)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +104,7 @@ impl Idempotency {
                 response_limit: Self::DEFAULT_RESPONSE_LIMIT,
                 store_timeout: Self::DEFAULT_STORE_TIMEOUT,
                 stored_headers: StoredHeaders::All,
+                execution_limit: None,
             }),
         }
     }
@@ -193,6 +196,38 @@ impl Idempotency {
     /// ```
     pub fn with_stored_headers(self, headers: StoredHeaders) -> Self {
         self.edit(|c| c.stored_headers = headers)
+    }
+
+    /// The longest a handler may run, its response body included. Past it the handler
+    /// is stopped (its future dropped), its key released so that a retry runs again,
+    /// and the client gets `500` `#handler-timed-out`, as after a panic.
+    ///
+    /// Without a limit, the default, a handler runs to completion however long it takes,
+    /// and its key stays in flight, its lease renewed, for as long: a handler stuck on a
+    /// call that never answers holds its key until the process ends. A client that
+    /// disconnects never stops a handler either way, and neither does a timeout layer
+    /// around the router (it only stops waiting for the answer). The limit applies to
+    /// [`once`](Self::once) work too ([`OnceError::PastLimit`](crate::once::OnceError::PastLimit)).
+    ///
+    /// A handler that does not yield (blocking work on the async thread) cannot be
+    /// stopped until it does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// let idempotency = Idempotency::new(MemoryStore::new())
+    ///     .with_execution_limit(Duration::from_secs(30));
+    /// assert_eq!(idempotency.execution_limit(), Some(Duration::from_secs(30)));
+    /// assert_eq!(Idempotency::new(MemoryStore::new()).execution_limit(), None);
+    /// ```
+    pub fn with_execution_limit(self, limit: Duration) -> Self {
+        self.edit(|c| c.execution_limit = Some(limit))
+    }
+
+    /// The execution limit, if any.
+    pub fn execution_limit(&self) -> Option<Duration> {
+        self.inner.execution_limit
     }
 
     /// Which headers are stored.

@@ -39,6 +39,7 @@
 //! | `Ok(Outcome::Replayed(v))` | it ran before; `v` is what it returned | yes |
 //! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver later |
 //! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
+//! | `Err(OnceError::PastLimit)` | the work ran past the app's execution limit and was stopped; the key was released | redeliver |
 //! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
 //! | `Err(OnceError::Store(_))` | the store is unavailable; nothing ran | redeliver later |
 //! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
@@ -66,7 +67,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::policy::StatusPolicy;
-use crate::protocol::{Decision, Execution, TARGET, decide, release_late, short};
+use crate::protocol::{Decision, Execution, Guarded, TARGET, decide, release_late, short};
 use crate::store::{Claim, Record, StoreError};
 use crate::{Fingerprint, Idempotency, StoredResponse, key};
 
@@ -106,6 +107,9 @@ pub enum OnceError<E> {
     KeyReused,
     /// The work returned an error; the key was released so that it can run again.
     Failed(E),
+    /// The work ran past the app's execution limit and was stopped; the key was
+    /// released so that it can run again.
+    PastLimit,
     /// The store could not be reached or did not answer in time; nothing ran.
     Store(StoreError),
     /// The input could not be serialised to be fingerprinted; nothing ran.
@@ -124,6 +128,7 @@ impl<E: fmt::Display> fmt::Display for OnceError<E> {
             ),
             Self::KeyReused => f.write_str("the key was already used with a different input"),
             Self::Failed(err) => write!(f, "the work failed: {err}"),
+            Self::PastLimit => f.write_str("the work ran past the execution limit and was stopped"),
             Self::Store(err) => write!(f, "the idempotency store is unavailable: {err}"),
             Self::Input(err) => write!(f, "the input could not be serialised: {err}"),
             Self::Unreadable(err) => write!(
@@ -140,7 +145,7 @@ impl<E: std::error::Error + 'static> std::error::Error for OnceError<E> {
             Self::Failed(err) => Some(err),
             Self::Store(err) => Some(err),
             Self::Input(err) | Self::Unreadable(err) => Some(err),
-            Self::InFlight { .. } | Self::KeyReused => None,
+            Self::InFlight { .. } | Self::KeyReused | Self::PastLimit => None,
         }
     }
 }
@@ -241,12 +246,16 @@ impl Once<'_> {
             policy: StatusPolicy::DEFAULT,
         };
         let value = match execution.guard(std::pin::pin!(work())).await {
-            Ok(Ok(value)) => value,
-            Ok(Err(err)) => {
+            Guarded::Done(Ok(value)) => value,
+            Guarded::Done(Err(err)) => {
                 execution.release().await;
                 return Err(OnceError::Failed(err));
             }
-            Err(panic) => {
+            Guarded::PastLimit => {
+                execution.release().await;
+                return Err(OnceError::PastLimit);
+            }
+            Guarded::Panicked(panic) => {
                 execution.release().await;
                 std::panic::resume_unwind(panic);
             }

@@ -20,6 +20,7 @@
 //! | `#body-too-large` | 413 | the request body is larger than the limit |
 //! | `#key-reused` | 422 | the key was used with a different request (body or query string) |
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
+//! | `#handler-timed-out` | 500 | the handler ran past the app's execution limit; it was stopped and the key released |
 //! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
 //! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
 //!
@@ -66,6 +67,13 @@
 //! `500`. The handler failed before answering. Its key was released: a retry with the
 //! same key runs it again.
 //!
+//! # handler-timed-out
+//!
+//! `500`. The handler ran longer than the app's execution limit
+//! ([`Idempotency::with_execution_limit`](crate::Idempotency::with_execution_limit)) and
+//! was stopped before answering. Its key was released: a retry with the same key runs
+//! it again.
+//!
 //! # response-not-replayable
 //!
 //! `409`. The request with this key was processed, but its response was larger than the
@@ -111,6 +119,8 @@ pub enum ProblemKind {
     KeyReused,
     /// The handler panicked (500).
     HandlerPanicked,
+    /// The handler ran past the execution limit and was stopped (500).
+    HandlerTimedOut,
     /// The first response was too large to store, so it cannot be replayed (409).
     ResponseNotReplayable,
     /// The store is unreachable; nothing ran (503).
@@ -125,7 +135,7 @@ impl ProblemKind {
             Self::InFlight | Self::ResponseNotReplayable => 409,
             Self::BodyTooLarge => 413,
             Self::KeyReused => 422,
-            Self::HandlerPanicked => 500,
+            Self::HandlerPanicked | Self::HandlerTimedOut => 500,
             Self::StoreUnavailable => 503,
         }
     }
@@ -141,6 +151,7 @@ impl ProblemKind {
             Self::BodyTooLarge => "body-too-large",
             Self::KeyReused => "key-reused",
             Self::HandlerPanicked => "handler-panicked",
+            Self::HandlerTimedOut => "handler-timed-out",
             Self::ResponseNotReplayable => "response-not-replayable",
             Self::StoreUnavailable => "store-unavailable",
         }
@@ -162,6 +173,7 @@ impl ProblemKind {
             Self::BodyTooLarge => "The request body is too large",
             Self::KeyReused => "The idempotency key was already used for a different request",
             Self::HandlerPanicked => "The request failed; it may be retried",
+            Self::HandlerTimedOut => "The request took too long and was stopped; it may be retried",
             Self::ResponseNotReplayable => {
                 "The request was processed but its response cannot be replayed"
             }

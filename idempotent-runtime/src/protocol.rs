@@ -653,12 +653,22 @@ impl Execution {
             self.guard(work).await
         };
         let captured = match outcome {
-            Ok(Ok(captured)) => captured,
-            Ok(Err(not_stored)) => {
+            Guarded::Done(Ok(captured)) => captured,
+            Guarded::Done(Err(not_stored)) => {
                 self.release().await;
                 return not_stored;
             }
-            Err(_panic) => {
+            Guarded::PastLimit => {
+                let limit = self.idempotency.execution_limit().unwrap_or_default();
+                tracing::error!(target: TARGET, key = short(&self.key), ?limit, "handler ran past the execution limit; stopped and claim released");
+                self.release().await;
+                return Problem::new(
+                    ProblemKind::HandlerTimedOut,
+                    format!("the handler did not answer within {limit:?} and was stopped; the idempotency key was released, so the request can be retried"),
+                )
+                .into_response();
+            }
+            Guarded::Panicked(_panic) => {
                 tracing::error!(target: TARGET, key = short(&self.key), "handler panicked; claim released");
                 self.release().await;
                 return Problem::new(
@@ -701,28 +711,47 @@ impl Execution {
     /// caller: this future then holds a pointer to it, where it would otherwise hold two
     /// copies (the argument and the pinned one), and every request's task is laid out for
     /// the largest step, a replay's too.
-    pub(crate) async fn guard<F: Future>(
-        &self,
-        work: Pin<&mut F>,
-    ) -> std::thread::Result<F::Output> {
+    pub(crate) async fn guard<F: Future>(&self, work: Pin<&mut F>) -> Guarded<F::Output> {
         let mut work = AssertUnwindSafe(work).catch_unwind();
-        tokio::select! {
+        let outcome = tokio::select! {
             // The work first: one that is done on its first poll never arms the
             // renewal timer.
             biased;
             outcome = &mut work => outcome,
-            () = self.renew_while_running() => work.await,
+            stopped = self.renew_while_running() => match stopped {
+                // Its response will not be stored, but the work goes on: its side
+                // effects may be under way.
+                Stopped::LeaseLost => work.await,
+                // Dropped by the caller, which holds it.
+                Stopped::PastLimit => return Guarded::PastLimit,
+            },
+        };
+        match outcome {
+            Ok(output) => Guarded::Done(output),
+            Err(panic) => Guarded::Panicked(panic),
         }
     }
 
-    /// Keeps the lease alive; returns only if the lease is lost. A renewal that fails is
-    /// tried again soon, not a period later: the third attempt would race the lease.
-    async fn renew_while_running(&self) {
+    /// Keeps the lease alive; returns if the lease is lost or the work runs past the
+    /// execution limit. A renewal that fails is tried again soon, not a period later:
+    /// the third attempt would race the lease.
+    async fn renew_while_running(&self) -> Stopped {
         let every = (self.lease / 3).max(Duration::from_millis(1));
         let again = (every / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let limit = self
+            .idempotency
+            .execution_limit()
+            .and_then(|limit| tokio::time::Instant::now().checked_add(limit));
         let mut wait = every;
         loop {
-            tokio::time::sleep(wait).await;
+            let wake = tokio::time::Instant::now().checked_add(wait);
+            match limit {
+                Some(limit) if wake.is_none_or(|wake| limit <= wake) => {
+                    tokio::time::sleep_until(limit).await;
+                    return Stopped::PastLimit;
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
             wait = again;
             let renewed = tokio::time::timeout(
                 self.idempotency.store_timeout().min(every),
@@ -735,7 +764,7 @@ impl Execution {
                 Ok(Ok(true)) => wait = every,
                 Ok(Ok(false)) => {
                     tracing::warn!(target: TARGET, key = short(&self.key), "lease lost while the handler runs; its response will not be stored");
-                    return;
+                    return Stopped::LeaseLost;
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(target: TARGET, key = short(&self.key), error = %err, "lease renewal failed; will retry");
@@ -773,6 +802,22 @@ impl Execution {
     pub(crate) async fn release(&self) {
         release(&self.idempotency, &self.key, self.token, self.lease).await;
     }
+}
+
+/// What [`Execution::guard`] made of its work.
+pub(crate) enum Guarded<T> {
+    /// It finished.
+    Done(T),
+    /// It panicked.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// It ran past the execution limit; the caller drops it.
+    PastLimit,
+}
+
+/// Why the renewals stopped.
+enum Stopped {
+    LeaseLost,
+    PastLimit,
 }
 
 /// Releases a claim so that a retry runs again.
