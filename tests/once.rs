@@ -118,7 +118,7 @@ async fn work_past_the_execution_limit_is_stopped_and_its_key_released() {
             Ok::<u32, std::io::Error>(0)
         })
         .await;
-    assert!(matches!(stuck, Err(OnceError::PastLimit)), "{stuck:?}");
+    assert!(matches!(stuck, Err(OnceError::TimedOut)), "{stuck:?}");
     let runs = AtomicUsize::new(0);
     let retried = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
     assert_eq!(retried.ok(), Some(Outcome::Ran(1)), "the key was released");

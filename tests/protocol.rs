@@ -588,6 +588,21 @@ async fn a_handler_past_the_execution_limit_is_stopped_and_its_key_released() {
     assert_eq!(runs.get(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_lost_its_lease_is_still_stopped_at_the_limit() {
+    let store = Flaky::new(Fault::LostLease);
+    let idempotency = Idempotency::new(store).with_execution_limit(Duration::from_secs(1));
+    let (app, _) = app_with(idempotency);
+    let started = tokio::time::Instant::now();
+    let stuck = send(&app, slow_request("k", "a", 3_600_000)).await;
+    assert_eq!(stuck.problem_type(), "handler-timed-out");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn slow_request(key: &str, body: &str, sleep_ms: u64) -> Request<Body> {
     let mut req = post_with("/slow", key, body);
     req.headers_mut()

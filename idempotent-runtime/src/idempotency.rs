@@ -198,16 +198,23 @@ impl Idempotency {
         self.edit(|c| c.stored_headers = headers)
     }
 
-    /// The longest a handler may run, its response body included. Past it the handler
-    /// is stopped (its future dropped), its key released so that a retry runs again,
-    /// and the client gets `500` `#handler-timed-out`, as after a panic.
+    /// The longest a handler may run, the reading of a response body it stores
+    /// included. Past it the handler is stopped (its future dropped), its key released
+    /// so that a retry runs again, and the client gets `500` `#handler-timed-out`, as
+    /// after a panic. At least 1 ms, at most about 100 years.
+    ///
+    /// A handler stopped mid-way may have done part of its work, or all of it without
+    /// answering (a payment that went through downstream); the retry then does it
+    /// again. So set the limit well above the slowest run you expect: it is meant for a
+    /// handler that will never answer, not for a slow one. Requests without a key,
+    /// which the protocol passes through, are not limited.
     ///
     /// Without a limit, the default, a handler runs to completion however long it takes,
     /// and its key stays in flight, its lease renewed, for as long: a handler stuck on a
     /// call that never answers holds its key until the process ends. A client that
     /// disconnects never stops a handler either way, and neither does a timeout layer
     /// around the router (it only stops waiting for the answer). The limit applies to
-    /// [`once`](Self::once) work too ([`OnceError::PastLimit`](crate::once::OnceError::PastLimit)).
+    /// [`once`](Self::once) work too ([`OnceError::TimedOut`](crate::once::OnceError::TimedOut)).
     ///
     /// A handler that does not yield (blocking work on the async thread) cannot be
     /// stopped until it does.
@@ -222,6 +229,7 @@ impl Idempotency {
     /// assert_eq!(Idempotency::new(MemoryStore::new()).execution_limit(), None);
     /// ```
     pub fn with_execution_limit(self, limit: Duration) -> Self {
+        let limit = limit.clamp(Duration::from_millis(1), crate::store::LONGEST);
         self.edit(|c| c.execution_limit = Some(limit))
     }
 

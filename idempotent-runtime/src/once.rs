@@ -39,7 +39,7 @@
 //! | `Ok(Outcome::Replayed(v))` | it ran before; `v` is what it returned | yes |
 //! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver later |
 //! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
-//! | `Err(OnceError::PastLimit)` | the work ran past the app's execution limit and was stopped; the key was released | redeliver |
+//! | `Err(OnceError::TimedOut)` | the work ran past the app's execution limit and was stopped; the key was released | redeliver |
 //! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
 //! | `Err(OnceError::Store(_))` | the store is unavailable; nothing ran | redeliver later |
 //! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
@@ -56,7 +56,8 @@
 //! future dropped mid-work (its task cancelled) stops renewing, and the key frees up when
 //! the lease lapses. Dropped after the work but before its result is recorded, it leaves
 //! no record either, and a redelivery runs the work again: bound the work with a
-//! timeout inside the closure, not the call to `run` from outside.
+//! timeout inside the closure, or with the app's execution limit
+//! ([`Idempotency::with_execution_limit`]), not the call to `run` from outside.
 
 use std::fmt;
 use std::future::Future;
@@ -109,7 +110,7 @@ pub enum OnceError<E> {
     Failed(E),
     /// The work ran past the app's execution limit and was stopped; the key was
     /// released so that it can run again.
-    PastLimit,
+    TimedOut,
     /// The store could not be reached or did not answer in time; nothing ran.
     Store(StoreError),
     /// The input could not be serialised to be fingerprinted; nothing ran.
@@ -128,7 +129,7 @@ impl<E: fmt::Display> fmt::Display for OnceError<E> {
             ),
             Self::KeyReused => f.write_str("the key was already used with a different input"),
             Self::Failed(err) => write!(f, "the work failed: {err}"),
-            Self::PastLimit => f.write_str("the work ran past the execution limit and was stopped"),
+            Self::TimedOut => f.write_str("the work ran past the execution limit and was stopped"),
             Self::Store(err) => write!(f, "the idempotency store is unavailable: {err}"),
             Self::Input(err) => write!(f, "the input could not be serialised: {err}"),
             Self::Unreadable(err) => write!(
@@ -145,7 +146,7 @@ impl<E: std::error::Error + 'static> std::error::Error for OnceError<E> {
             Self::Failed(err) => Some(err),
             Self::Store(err) => Some(err),
             Self::Input(err) | Self::Unreadable(err) => Some(err),
-            Self::InFlight { .. } | Self::KeyReused | Self::PastLimit => None,
+            Self::InFlight { .. } | Self::KeyReused | Self::TimedOut => None,
         }
     }
 }
@@ -245,7 +246,13 @@ impl Once<'_> {
             ttl: self.ttl,
             policy: StatusPolicy::DEFAULT,
         };
-        let value = match execution.guard(std::pin::pin!(work())).await {
+        // The work is dropped before anything else happens: stopped past the limit, it
+        // lets go of what it holds before its key is released.
+        let outcome = {
+            let work = std::pin::pin!(work());
+            execution.guard(work).await
+        };
+        let value = match outcome {
             Guarded::Done(Ok(value)) => value,
             Guarded::Done(Err(err)) => {
                 execution.release().await;
@@ -253,7 +260,7 @@ impl Once<'_> {
             }
             Guarded::PastLimit => {
                 execution.release().await;
-                return Err(OnceError::PastLimit);
+                return Err(OnceError::TimedOut);
             }
             Guarded::Panicked(panic) => {
                 execution.release().await;

@@ -719,9 +719,15 @@ impl Execution {
             biased;
             outcome = &mut work => outcome,
             stopped = self.renew_while_running() => match stopped {
-                // Its response will not be stored, but the work goes on: its side
-                // effects may be under way.
-                Stopped::LeaseLost => work.await,
+                // Its response will not be stored, but the work goes on, as far as the
+                // limit: its side effects may be under way.
+                Stopped::LeaseLost(None) => work.await,
+                Stopped::LeaseLost(Some(limit)) => {
+                    match tokio::time::timeout_at(limit, &mut work).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return Guarded::PastLimit,
+                    }
+                }
                 // Dropped by the caller, which holds it.
                 Stopped::PastLimit => return Guarded::PastLimit,
             },
@@ -738,33 +744,45 @@ impl Execution {
     async fn renew_while_running(&self) -> Stopped {
         let every = (self.lease / 3).max(Duration::from_millis(1));
         let again = (every / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
-        let limit = self
-            .idempotency
-            .execution_limit()
-            .and_then(|limit| tokio::time::Instant::now().checked_add(limit));
+        // At most 100 years (`with_execution_limit`): no overflow.
+        let limit =
+            (self.idempotency.execution_limit()).map(|limit| tokio::time::Instant::now() + limit);
+        let past_limit = || limit.is_some_and(|limit| tokio::time::Instant::now() >= limit);
         let mut wait = every;
         loop {
-            let wake = tokio::time::Instant::now().checked_add(wait);
             match limit {
-                Some(limit) if wake.is_none_or(|wake| limit <= wake) => {
+                Some(limit)
+                    if limit.saturating_duration_since(tokio::time::Instant::now()) <= wait =>
+                {
                     tokio::time::sleep_until(limit).await;
                     return Stopped::PastLimit;
                 }
                 _ => tokio::time::sleep(wait).await,
             }
             wait = again;
-            let renewed = tokio::time::timeout(
-                self.idempotency.store_timeout().min(every),
-                self.idempotency
-                    .store()
-                    .renew(&self.key, self.token, self.lease),
-            )
-            .await;
+            let renewal = self
+                .idempotency
+                .store()
+                .renew(&self.key, self.token, self.lease);
+            let patience = self.idempotency.store_timeout().min(every);
+            // The limit cuts a renewal short too.
+            let renewed = match limit {
+                Some(limit) => {
+                    let until = tokio::time::Instant::now()
+                        .checked_add(patience)
+                        .map_or(limit, |until| until.min(limit));
+                    tokio::time::timeout_at(until, renewal).await
+                }
+                None => tokio::time::timeout(patience, renewal).await,
+            };
+            if renewed.is_err() && past_limit() {
+                return Stopped::PastLimit;
+            }
             match renewed {
                 Ok(Ok(true)) => wait = every,
                 Ok(Ok(false)) => {
                     tracing::warn!(target: TARGET, key = short(&self.key), "lease lost while the handler runs; its response will not be stored");
-                    return Stopped::LeaseLost;
+                    return Stopped::LeaseLost(limit);
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(target: TARGET, key = short(&self.key), error = %err, "lease renewal failed; will retry");
@@ -816,7 +834,8 @@ pub(crate) enum Guarded<T> {
 
 /// Why the renewals stopped.
 enum Stopped {
-    LeaseLost,
+    /// The lease was lost; the execution limit, if any, still holds.
+    LeaseLost(Option<tokio::time::Instant>),
     PastLimit,
 }
 

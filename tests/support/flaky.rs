@@ -22,6 +22,8 @@ pub enum Fault {
     FailedRelease,
     /// The first this many renewals fail without taking effect.
     FailedRenewals(u32),
+    /// Every renewal answers that the lease is lost, as after a takeover.
+    LostLease,
 }
 
 pub struct Flaky {
@@ -83,6 +85,9 @@ impl Store for Flaky {
             && self.strikes(self.fault)
         {
             return Err(StoreError::new("connection reset"));
+        }
+        if self.fault == Fault::LostLease {
+            return Ok(false);
         }
         self.inner.renew(key, token, lease).await
     }
