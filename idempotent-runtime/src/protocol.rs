@@ -745,8 +745,8 @@ impl Execution {
         let every = (self.lease / 3).max(Duration::from_millis(1));
         let again = (every / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
         // At most 100 years (`with_execution_limit`): no overflow.
-        let limit =
-            (self.idempotency.execution_limit()).map(|limit| tokio::time::Instant::now() + limit);
+        let now = tokio::time::Instant::now();
+        let limit = self.idempotency.execution_limit().map(|limit| now + limit);
         let past_limit = || limit.is_some_and(|limit| tokio::time::Instant::now() >= limit);
         let mut wait = every;
         loop {
