@@ -364,14 +364,16 @@ async fn background_cleanup_removes_expired_rows_until_stopped() {
     assert_eq!(row_count(&store).await, 7, "a dropped cleanup must not run");
 }
 
-/// A shutdown must not wait on a database that stopped answering: here the cleanup's
-/// statement waits on a table lock held by another session.
-#[tokio::test]
-async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
-    let (store, _schema) = fresh_store().await;
-    fill(&store, 2, 0).await;
-    let blocker = pool().await;
-    let mut lock = blocker.begin().await.expect("begin");
+/// Two expired rows, and a cleanup task whose purge waits on a table lock held by the
+/// returned transaction of another session: roll it back to let the purge through.
+async fn cleanup_stuck_on_a_table_lock(
+    store: &PostgresStore,
+) -> (
+    idempotent_runtime::store::postgres::CleanupTask,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    fill(store, 2, 0).await;
+    let mut lock = pool().await.begin().await.expect("begin");
     let statement = format!(
         r#"LOCK TABLE "{}"."{}" IN ACCESS EXCLUSIVE MODE"#,
         store.schema(),
@@ -383,6 +385,15 @@ async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
         .expect("lock");
     let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    (cleanup, lock)
+}
+
+/// A shutdown must not wait on a database that stopped answering: here the cleanup's
+/// statement waits on a table lock held by another session.
+#[tokio::test]
+async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
+    let (store, _schema) = fresh_store().await;
+    let (cleanup, lock) = cleanup_stuck_on_a_table_lock(&store).await;
     let stopped = tokio::time::timeout(Duration::from_secs(5), cleanup.stop()).await;
     lock.rollback().await.expect("rollback");
     assert_eq!(
@@ -397,20 +408,7 @@ async fn stopping_the_cleanup_does_not_wait_for_a_stuck_statement() {
 #[tokio::test]
 async fn stopping_the_cleanup_counts_the_statement_under_way() {
     let (store, _schema) = fresh_store().await;
-    fill(&store, 2, 0).await;
-    let blocker = pool().await;
-    let mut lock = blocker.begin().await.expect("begin");
-    let statement = format!(
-        r#"LOCK TABLE "{}"."{}" IN ACCESS EXCLUSIVE MODE"#,
-        store.schema(),
-        store.table()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(statement))
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
-    let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (cleanup, lock) = cleanup_stuck_on_a_table_lock(&store).await;
     let stopping = tokio::spawn(cleanup.stop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     lock.rollback().await.expect("rollback");
