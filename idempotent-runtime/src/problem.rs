@@ -16,7 +16,7 @@
 //! | `#multiple-keys` | 400 | more than one key header |
 //! | `#missing-key` | 400 | the endpoint is `required` and the request has no key |
 //! | `#body-unreadable` | 400 | the request body could not be read |
-//! | `#request-in-flight` | 409 | another request with this key holds a live lease (`Retry-After` says when to retry) |
+//! | `#request-in-flight` | 409 | another request with this key holds a live lease (`Retry-After: 1`) |
 //! | `#body-too-large` | 413 | the request body is larger than the limit |
 //! | `#key-reused` | 422 | the key was used with a different request (body or query string) |
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
@@ -49,7 +49,8 @@
 //! # request-in-flight
 //!
 //! `409`. A request with this key is being processed right now. Retry after `Retry-After`
-//! seconds with the same key and body: you get its response.
+//! (1 second) with the same key and body, backing off if it is still running: once it
+//! has finished you get its response.
 //!
 //! # body-too-large
 //!

@@ -45,6 +45,12 @@ use crate::{Fingerprint, Idempotency, IdempotencyState, StoredResponse};
 
 pub(crate) const TARGET: &str = "idempotent";
 
+/// `Retry-After` of a `409`, in seconds. The lease left says nothing of when the first
+/// request will answer: its owner renews it, so it stays near the whole lease (60 s by
+/// default) while a handler of a few milliseconds finishes. A client that honours the
+/// header comes back in a second, and backs off from there if it is still running.
+const IN_FLIGHT_RETRY_AFTER: u64 = 1;
+
 /// What is hashed to identify "the same request".
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -590,13 +596,12 @@ async fn claim<'a>(
         Claim::Existing(Record::InFlight {
             lease_remaining, ..
         }) => {
-            let seconds = lease_remaining.as_secs_f64().ceil().max(1.0) as u64;
-            tracing::debug!(target: TARGET, key = short(key), retry_after = seconds, "conflict: request in flight");
+            tracing::debug!(target: TARGET, key = short(key), lease_remaining = ?lease_remaining, "conflict: request in flight");
             Problem::new(
                 ProblemKind::InFlight,
-                format!("a request with this idempotency key is being processed; retry in {seconds} s to get its response"),
+                "a request with this idempotency key is being processed; retry with the same key to get its response",
             )
-            .with_retry_after(seconds)
+            .with_retry_after(IN_FLIGHT_RETRY_AFTER)
             .into_response()
         }
         Claim::Existing(Record::Completed { response, .. }) => {

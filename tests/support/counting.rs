@@ -1,8 +1,8 @@
 //! A store that counts the calls reaching it, to show which store of a combination
-//! answered a request.
+//! answered a request, and the lease its last claim asked for.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_runtime::{
@@ -22,24 +22,36 @@ pub enum Op {
 /// Calls per operation; clones share the counts, so several stores (one per replica) can
 /// count into one tally.
 #[derive(Debug, Clone, Default)]
-pub struct Calls(Arc<[AtomicUsize; 5]>);
+pub struct Calls(Arc<Tally>);
+
+#[derive(Debug, Default)]
+struct Tally {
+    calls: [AtomicUsize; 5],
+    last_lease: Mutex<Option<Duration>>,
+}
 
 impl Calls {
     /// The calls of `op` so far.
     pub fn of(&self, op: Op) -> usize {
-        self.0[op as usize].load(Ordering::SeqCst)
+        self.0.calls[op as usize].load(Ordering::SeqCst)
     }
 
     /// The calls of every operation so far.
     pub fn total(&self) -> usize {
         self.0
+            .calls
             .iter()
             .map(|calls| calls.load(Ordering::SeqCst))
             .sum()
     }
 
+    /// The lease the last claim asked for.
+    pub fn last_lease(&self) -> Option<Duration> {
+        *self.0.last_lease.lock().unwrap()
+    }
+
     fn add(&self, op: Op) {
-        self.0[op as usize].fetch_add(1, Ordering::SeqCst);
+        self.0.calls[op as usize].fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -73,6 +85,7 @@ impl<S: Store> Store for Counting<S> {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         self.calls.add(Op::Claim);
+        *self.calls.0.last_lease.lock().unwrap() = Some(lease);
         self.inner.claim(key, fingerprint, lease).await
     }
 

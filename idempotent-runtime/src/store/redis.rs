@@ -64,8 +64,10 @@
 //! claim, again at every renewal), so a crashed owner's claim disappears by itself;
 //! completion replaces it with the **TTL**, independent of the lease. Redis removes
 //! expired records; there is nothing to clean up. The deadline in the record serves
-//! only the `Retry-After` a conflict answers with, clamped to the lease's length, so a
-//! replica whose clock is off skews that hint and nothing else.
+//! only the lease left that an in-flight record reports (`Record::InFlight`, which
+//! `once` passes on as [`OnceError::InFlight`](crate::once::OnceError::InFlight)),
+//! clamped to the lease's length, so a replica whose clock is off skews that figure and
+//! nothing else.
 //!
 //! Every record has an expiry, so a Redis that evicts keys when it runs out of memory
 //! (any `maxmemory-policy` but the default, `noeviction`) may drop a claim in flight
