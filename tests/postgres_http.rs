@@ -1,5 +1,6 @@
 //! `#[idempotent]` handlers on a real `Router` over the Postgres store: first request,
-//! replay and mismatch, and the database going away and coming back.
+//! replay and mismatch, the statements each step sends, and the database going away and
+//! coming back.
 #![cfg(feature = "postgres")]
 
 mod support;
@@ -15,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use idempotent_runtime::{Idempotency, PostgresStore, idempotent};
-use sqlx::postgres::PgPoolOptions;
+use idempotent_runtime::{Claim, Fingerprint, Idempotency, PostgresStore, Store, idempotent};
+use sqlx::postgres::{PgPoolOptions, PgSslMode};
 use support::postgres::{Forwarder, TestSchema, fresh_store};
 use tower::ServiceExt;
 
@@ -175,4 +176,83 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
     let replay = send(&app, "before", order).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn each_protocol_step_is_one_statement_in_one_round_trip() {
+    // Counted on the wire, as the server receives them: the messages the store's pool
+    // sends through a forwarder to the real Postgres.
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    // One connection, not pinged before use, so every statement through the forwarder is
+    // the store's. (sqlx still pings it when it goes back to the pool, off the request's
+    // path; `round_trips` leaves those out.)
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(forwarder.connect_options().ssl_mode(PgSslMode::Disable))
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool).with_schema(schema.name()).unwrap();
+    store.migrate().await.unwrap();
+    let (app, runs) = app(Idempotency::new(store.clone()));
+    let order = r#"{"item":"widget","qty":1}"#;
+
+    // sqlx prepares a statement on its first use on a connection, a round trip more, so
+    // every statement is used once before counting.
+    assert_eq!(
+        send(&app, "warm-up", order).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&app, "warm-up", order).await.status(),
+        StatusCode::CREATED
+    );
+    let messages = forwarder.messages();
+    let count = || (messages.statements(), messages.round_trips());
+
+    messages.reset();
+    let first = send(&app, "order-1", order).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(
+        count(),
+        (2, 2),
+        "a first execution: the claim, then the completion"
+    );
+
+    messages.reset();
+    let replay = send(&app, "order-1", order).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        count(),
+        (1, 1),
+        "a replay: the claim, which returns the record"
+    );
+
+    messages.reset();
+    let other = send(&app, "order-1", r#"{"item":"widget","qty":2}"#).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        count(),
+        (1, 1),
+        "a mismatch: the claim, which returns the fingerprint"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // A lapsed lease is taken over by the claim itself, and the stale owner's completion
+    // is refused by the one statement that would store it.
+    let fingerprint = Fingerprint::of_bytes(b"job");
+    let lease = Duration::from_millis(50);
+    let claim = store.claim("job", fingerprint, lease).await.unwrap();
+    let Claim::Acquired(stale) = claim else {
+        panic!("{claim:?}")
+    };
+    tokio::time::sleep(lease * 3).await;
+    messages.reset();
+    let claim = store.claim("job", fingerprint, lease).await.unwrap();
+    assert!(
+        matches!(claim, Claim::Acquired(token) if token != stale),
+        "{claim:?}"
+    );
+    assert_eq!(count(), (1, 1), "a takeover");
 }

@@ -1,14 +1,18 @@
 //! The real Postgres server in tests: a fresh schema per test, stores with pools of their
 //! own (one per app replica), and a TCP forwarder on loopback that a test can cut and
-//! bring back to take the database away.
+//! bring back to take the database away, or that counts the messages a client sends.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotent_runtime::{FencingToken, PostgresStore};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -136,10 +140,112 @@ pub async fn lock_rows(
 ///
 /// [`cut`](Self::cut) closes the port and every connection through it, as if the database
 /// host went away; [`restore`](Self::restore) listens on the same port again.
+/// [`messages`](Self::messages) counts what clients send through it.
 pub struct Forwarder {
     port: u16,
     upstream: SocketAddr,
     running: Mutex<Option<Running>>,
+    messages: Arc<Messages>,
+}
+
+/// The messages clients sent through a [`Forwarder`], by their type byte, once their
+/// start-up message was through. Connect without TLS (`PgSslMode::Disable`): what is
+/// encrypted cannot be read.
+#[derive(Debug, Default)]
+pub struct Messages(std::sync::Mutex<HashMap<u8, u64>>);
+
+/// The type under which a `Sync` that follows nothing else since the last one is
+/// counted: no statement, only a wait for the server to be ready. sqlx's pool sends one
+/// whenever a connection goes back to it.
+const PING: u8 = 0;
+
+impl Messages {
+    /// Statements sent: `Execute` messages of the extended protocol plus simple `Query`
+    /// messages.
+    pub fn statements(&self) -> u64 {
+        self.of(b'E') + self.of(b'Q')
+    }
+
+    /// Round trips that carry statements: a `Sync` of the extended protocol after
+    /// messages for the server to work on, or a simple `Query`.
+    pub fn round_trips(&self) -> u64 {
+        self.of(b'S') + self.of(b'Q')
+    }
+
+    /// Round trips that carry nothing, only a `Sync`.
+    pub fn pings(&self) -> u64 {
+        self.of(PING)
+    }
+
+    /// Messages of type `kind` so far.
+    fn of(&self, kind: u8) -> u64 {
+        self.0.lock().unwrap().get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Starts counting from zero.
+    pub fn reset(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+/// Splits one connection's client-to-server bytes into messages: first the untyped
+/// start-up message (after any untyped TLS or GSS request), then typed ones, each a type
+/// byte and a big-endian length that counts itself but not the type.
+#[derive(Default)]
+struct Parser {
+    started: bool,
+    pending: Vec<u8>,
+    /// Whether a message other than `Sync` came since the last `Sync`.
+    work: bool,
+}
+
+impl Parser {
+    /// The start-up message's protocol version, 3.0.
+    const PROTOCOL_3: u32 = 196_608;
+
+    fn feed(&mut self, bytes: &[u8], messages: &Messages) {
+        self.pending.extend_from_slice(bytes);
+        loop {
+            let header = if self.started { 5 } else { 4 };
+            if self.pending.len() < header {
+                return;
+            }
+            let at = header - 4;
+            let length = u32::from_be_bytes(self.pending[at..header].try_into().unwrap()) as usize;
+            let whole = at + length;
+            if self.pending.len() < whole {
+                return;
+            }
+            if self.started {
+                let kind = match self.pending[0] {
+                    b'S' if !self.work => PING,
+                    kind => kind,
+                };
+                self.work = kind != b'S' && kind != PING;
+                *messages.0.lock().unwrap().entry(kind).or_default() += 1;
+            } else if length >= 8 {
+                let code = u32::from_be_bytes(self.pending[4..8].try_into().unwrap());
+                self.started = code == Self::PROTOCOL_3;
+            }
+            self.pending.drain(..whole);
+        }
+    }
+}
+
+/// Copies a client's bytes to the server, counting its messages before they leave.
+async fn count_and_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, messages: Arc<Messages>) {
+    let mut parser = Parser::default();
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        parser.feed(&buf[..n], &messages);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 struct Running {
@@ -153,6 +259,7 @@ impl Forwarder {
             port: 0,
             upstream,
             running: Mutex::new(None),
+            messages: Arc::default(),
         };
         let (port, running) = forwarder.listen(0).await;
         *forwarder.running.lock().await = Some(running);
@@ -174,6 +281,11 @@ impl Forwarder {
         self.port
     }
 
+    /// What clients have sent through the forwarder.
+    pub fn messages(&self) -> &Messages {
+        &self.messages
+    }
+
     /// Options that connect through the forwarder.
     pub fn connect_options(&self) -> PgConnectOptions {
         connect_options().host("127.0.0.1").port(self.port)
@@ -188,6 +300,7 @@ impl Forwarder {
         let listener = socket.listen(128).expect("listen");
         let port = listener.local_addr().expect("local address").port();
         let upstream = self.upstream;
+        let messages = Arc::clone(&self.messages);
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
@@ -195,11 +308,17 @@ impl Forwarder {
                 tokio::select! {
                     _ = &mut stopped => break,
                     accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let Ok((inbound, _)) = accepted else { continue };
+                        let messages = Arc::clone(&messages);
                         connections.spawn(async move {
-                            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            }
+                            let Ok(outbound) = TcpStream::connect(upstream).await else { return };
+                            let (client_reads, mut client_writes) = inbound.into_split();
+                            let (mut server_reads, server_writes) = outbound.into_split();
+                            let answers = async {
+                                let _ = tokio::io::copy(&mut server_reads, &mut client_writes).await;
+                                let _ = client_writes.shutdown().await;
+                            };
+                            tokio::join!(count_and_copy(client_reads, server_writes, messages), answers);
                         });
                     }
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
