@@ -39,15 +39,25 @@ struct Billing {
     crash_once: AtomicBool,
 }
 
-/// One consumer replica: pulls, charges at most once per event, acknowledges.
-async fn consume(consumer: PullConsumer, idempotency: Idempotency, billing: Arc<Billing>) {
-    let mut messages = consumer.messages().await.expect("a message stream");
+/// One consumer replica: pulls, charges at most once per event, acknowledges. Returns
+/// how many deliveries it took.
+async fn consume(consumer: PullConsumer, idempotency: Idempotency, billing: Arc<Billing>) -> usize {
+    // One delivery at a time, so that a replica does not take the whole stream in one
+    // pull and leave the other idle.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .expect("a message stream");
+    let mut taken = 0;
     while billing.acked.load(Ordering::SeqCst) < EVENTS * COPIES {
         let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
         else {
             continue;
         };
         let message = message.expect("a delivery");
+        taken += 1;
         let event: OrderPlaced = serde_json::from_slice(&message.payload).expect("an event");
         let result = idempotency
             .once("billing")
@@ -80,6 +90,7 @@ async fn consume(consumer: PullConsumer, idempotency: Idempotency, billing: Arc<
             Err(other) => panic!("unexpected {other}"),
         }
     }
+    taken
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -137,9 +148,14 @@ async fn redelivered_events_are_processed_once() {
         })
         .collect();
     let all = futures::future::join_all(replicas);
-    tokio::time::timeout(Duration::from_secs(30), all)
+    let taken = tokio::time::timeout(Duration::from_secs(30), all)
         .await
         .expect("every delivery acknowledged within 30 s");
+    let taken: Vec<usize> = taken.into_iter().map(|t| t.expect("replica")).collect();
+    assert!(
+        taken.iter().all(|&n| n > 0),
+        "both replicas took deliveries: {taken:?}"
+    );
 
     let charges = billing
         .charges
