@@ -542,19 +542,7 @@ async fn two_replicas_over_redis_create_one_order() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_over_postgres_create_one_order() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!(
-        "orders_test_{:016x}",
-        idempotent_runtime::FencingToken::random().0
-    );
-    two_replicas_share_the_keys(&url, &schema).await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    // The schema name is ours: hex digits after a fixed prefix.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"DROP SCHEMA "{schema}" CASCADE"#
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    // Dropped with everything in it when the test ends, passed or failed.
+    let schema = support::postgres::TestSchema::new();
+    two_replicas_share_the_keys(&support::postgres::database_url(), schema.name()).await;
 }
