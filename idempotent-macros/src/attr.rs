@@ -23,6 +23,7 @@ const ARGUMENTS: &[&str] = &[
     "scope",
     "store",
     "fingerprint",
+    "crate",
 ];
 const KEY_SOURCES: &[&str] = &["header", "query", "json", "body"];
 
@@ -73,6 +74,7 @@ pub(crate) struct Args {
     pub(crate) scope: Option<Spanned<ScopeArg>>,
     pub(crate) store: Option<Spanned<StoreArg>>,
     pub(crate) fingerprint: Option<Spanned<FingerprintArg>>,
+    pub(crate) krate: Option<Spanned<syn::Path>>,
 }
 
 /// Collects errors instead of stopping at the first.
@@ -177,6 +179,12 @@ impl Args {
             "fingerprint" => {
                 if let Some(fp) = fingerprint(meta, errors)? {
                     set_once(&mut self.fingerprint, "fingerprint", span, fp, errors);
+                }
+            }
+            // crate = "idem"
+            "crate" => {
+                if let Some(path) = crate_path(meta, errors)? {
+                    set_once(&mut self.krate, "crate", span, path, errors);
                 }
             }
             other => {
@@ -295,6 +303,43 @@ fn duration(
             Ok(None)
         }
     }
+}
+
+/// Reads `= "path"`: where the `idempotent-runtime` crate is, for a dependency renamed
+/// or re-exported. The path's tokens carry the string's span, so a path that does not
+/// resolve is reported there.
+fn crate_path(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<syn::Path>> {
+    const EXPECTED: &str = "`crate` takes the path of the `idempotent-runtime` crate as a string, for a dependency renamed or re-exported: `crate = \"idem\"`";
+    if let Some(lit) = quoted(meta)? {
+        return Ok(match lit.parse::<syn::Path>() {
+            Ok(path) => Some(path),
+            Err(_) => {
+                errors.error(
+                    lit.span(),
+                    format!("`{}` is not a path\n{EXPECTED}", lit.value()),
+                );
+                None
+            }
+        });
+    }
+    let fork = meta.input.fork();
+    let unquoted = fork
+        .parse::<Token![=]>()
+        .and_then(|_| fork.call(syn::Path::parse_mod_style));
+    match unquoted {
+        Ok(path) if fork.is_empty() || fork.peek(Token![,]) => {
+            let written = quote::ToTokens::to_token_stream(&path)
+                .to_string()
+                .replace(' ', "");
+            errors.error(
+                path.span(),
+                format!("quote the path: `crate = \"{written}\"`"),
+            );
+        }
+        _ => errors.error(meta.path.span(), EXPECTED),
+    }
+    skip_value(meta)?;
+    Ok(None)
 }
 
 /// Reads `= "string"`, a value written in quotes where a word belongs; `None`, reading

@@ -87,7 +87,7 @@
 //! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
 //! not stop a `const`, `static` or unit struct of the same name in scope from turning a
 //! binding into a pattern, hence the long prefix on every binding. Every path starts at
-//! `::idempotent_runtime::__private`, so a user's `type Result<T> = ...` or
+//! `::idempotent_runtime::__private` (or the `crate = ".."` path), so a user's `type Result<T> = ...` or
 //! `struct Request;` cannot change what they mean. There are no sibling items, which
 //! would break inside an `impl` block.
 
@@ -177,29 +177,66 @@ fn item_kind(item: &Item) -> (Span, &'static str) {
     }
 }
 
-/// `::idempotent_runtime::__private`, reported at `span` but marked as the macro's own
-/// tokens, so that lints (clippy's in particular) do not take them for the user's code.
-fn private_at(span: Span) -> TokenStream {
-    quote_spanned!(Span::mixed_site().located_at(span)=> ::idempotent_runtime::__private)
+/// Where the generated code finds the runtime: `::idempotent_runtime`, or the path
+/// given with `crate = ".."`.
+struct Runtime(Option<syn::Path>);
+
+impl Runtime {
+    /// `<runtime>::__private`, reported at `span` but marked as the macro's own tokens,
+    /// so that lints (clippy's in particular) do not take them for the user's code.
+    fn private_at(&self, span: Span) -> TokenStream {
+        let span = Span::mixed_site().located_at(span);
+        match &self.0 {
+            None => quote_spanned!(span=> ::idempotent_runtime::__private),
+            Some(path) => {
+                let path = respan(path.to_token_stream(), span);
+                quote_spanned!(span=> #path::__private)
+            }
+        }
+    }
+
+    /// `<runtime>::__private` where nothing of the user's is to blame: at the attribute,
+    /// or, for a path given with `crate`, at the string it was written in, so that a
+    /// path that does not resolve is reported there.
+    fn private(&self) -> TokenStream {
+        match &self.0 {
+            None => self.private_at(Span::call_site()),
+            Some(path) => self.private_at(path.span()),
+        }
+    }
 }
 
-fn duration_tokens(d: std::time::Duration) -> TokenStream {
-    let private = private_at(Span::call_site());
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                token =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span)).into();
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+fn duration_tokens(runtime: &Runtime, d: std::time::Duration) -> TokenStream {
+    let private = runtime.private();
     let secs = d.as_secs();
     let nanos = d.subsec_nanos();
     quote!(#private::Duration::new(#secs, #nanos))
 }
 
 /// The endpoint's settings; what the attribute leaves out is `Endpoint::DEFAULT`.
-fn endpoint_tokens(args: &Args) -> TokenStream {
-    let private = private_at(Span::call_site());
+fn endpoint_tokens(runtime: &Runtime, args: &Args) -> TokenStream {
+    let private = runtime.private();
     let mut fields = Vec::new();
     if let Some(ttl) = &args.ttl {
-        let d = duration_tokens(ttl.value);
+        let d = duration_tokens(runtime, ttl.value);
         fields.push(quote!(ttl: #private::Some(#d)));
     }
     if let Some(lease) = &args.lease {
-        let d = duration_tokens(lease.value);
+        let d = duration_tokens(runtime, lease.value);
         fields.push(quote!(lease: #private::Some(#d)));
     }
     if let Some(key) = &args.key {
@@ -291,7 +328,8 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     let output = mixed("__idempotent_output");
     let ret = mixed("__idempotent_ret");
     let endpoint_static = mixed("__ENDPOINT");
-    let private = private_at(Span::call_site());
+    let runtime = Runtime(args.krate.as_ref().map(|krate| krate.value.clone()));
+    let private = runtime.private();
 
     // One `where` bound per extractor, spanned at its type.
     let params: Vec<&syn::PatType> = sig
@@ -308,12 +346,12 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         None => (quote!(<#state>), quote!(((),))),
         Some((last, parts)) => {
             for ty in parts {
-                let private = private_at(ty.span());
+                let private = runtime.private_at(ty.span());
                 bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
                     #ty: #private::FromRequestParts<#state> + #private::Send
                 ));
             }
-            let private_last = private_at(last.span());
+            let private_last = runtime.private_at(last.span());
             bounds.push(quote_spanned!(Span::mixed_site().located_at(last.span())=>
                 #last: #private_last::FromRequest<#state, #via> + #private_last::Send
             ));
@@ -325,7 +363,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         ScopeArg::Header(_) => None,
     });
     if let Some(ty) = scope_type {
-        let private = private_at(ty.span());
+        let private = runtime.private_at(ty.span());
         bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
             #ty: #private::FromRequestParts<#state>
         ));
@@ -356,7 +394,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             (ty.span(), erased.into_token_stream(), declared)
         }
     };
-    let private_output = private_at(output_span);
+    let private_output = runtime.private_at(output_span);
     let output_at_type = format_ident!(
         "__idempotent_output",
         span = Span::mixed_site().located_at(output_span)
@@ -382,7 +420,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             let #pat = #arg;
         }
     });
-    let endpoint = endpoint_tokens(args);
+    let endpoint = endpoint_tokens(&runtime, args);
     let run = match scope_type {
         None => quote! {
             #private::run::<#state, _, #handler_args>(
@@ -393,7 +431,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         // Spanned at the scope type: a type that is not a `Scope` is reported there.
         Some(ty) => {
             let span = Span::mixed_site().located_at(ty.span());
-            let private = private_at(ty.span());
+            let private = runtime.private_at(ty.span());
             // One context for every token of the call, so that the compiler reports the
             // missing `Scope` once, not once per token context.
             let ty = respan_mixed(ty.to_token_stream());
