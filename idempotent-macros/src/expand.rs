@@ -81,7 +81,8 @@
 //! - with `impl Trait` in the return type, which the fake return erases to `_`, the
 //!   value then passes through `__declared`, a `fn` with the declared return type: it
 //!   checks the declared bounds and keeps the names in them used. (Left out when the
-//!   type names `Self`, which a nested `fn` cannot use.)
+//!   type names `Self`, which a nested `fn` cannot use; `use<..>` is dropped there, as
+//!   an argument cannot have it.)
 //!
 //! Internal names (`__idempotent_state`, `__idempotent_handler`, ...) use
 //! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
@@ -296,6 +297,21 @@ impl VisitMut for EraseImplTrait {
     }
 }
 
+/// Drops `use<..>` from every `impl Trait`, for `__declared`: an argument's `impl Trait`
+/// cannot have it, and the returned one must then name the argument's type in it. It
+/// names no trait, so nothing is lost for the check.
+struct WithoutPreciseCapture;
+
+impl VisitMut for WithoutPreciseCapture {
+    fn visit_type_impl_trait_mut(&mut self, impl_trait: &mut syn::TypeImplTrait) {
+        impl_trait.bounds = std::mem::take(&mut impl_trait.bounds)
+            .into_iter()
+            .filter(|bound| !matches!(bound, syn::TypeParamBound::PreciseCapture(_)))
+            .collect();
+        syn::visit_mut::visit_type_impl_trait_mut(self, impl_trait);
+    }
+}
+
 /// Whether the tokens name `Self`, which a nested `fn` item cannot use.
 fn mentions_self(tokens: TokenStream) -> bool {
     tokens.into_iter().any(|token| match token {
@@ -382,6 +398,8 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             let declared = (eraser.erased && !mentions_self(ty.to_token_stream())).then(|| {
                 let declared = mixed("__declared");
                 let value = mixed("__idempotent_value");
+                let mut ty = (**ty).clone();
+                WithoutPreciseCapture.visit_type_mut(&mut ty);
                 quote! {
                     let #output = {
                         fn #declared(#value: #ty) -> #ty {

@@ -21,6 +21,11 @@ async fn nested() -> Result<impl IntoResponse, StatusCode> {
 }
 
 #[idempotent]
+async fn precise_capture() -> impl IntoResponse + use<> {
+    "captures nothing"
+}
+
+#[idempotent]
 async fn response() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
@@ -32,6 +37,7 @@ fn main() {
     let _app: Router = Router::new()
         .route("/created", post(created))
         .route("/nested", post(nested))
+        .route("/precise", post(precise_capture))
         .route("/response", post(response))
         .route("/unit", post(unit))
         .with_state(Idempotency::new(MemoryStore::new()));
