@@ -155,6 +155,29 @@ async fn a_chosen_key_or_header_is_kept_and_safe_methods_get_none() {
 }
 
 #[tokio::test]
+async fn a_key_the_server_would_reject_is_not_sent() {
+    let (url, server) = serve().await;
+    let client = client();
+    let too_long = "k".repeat(256);
+    for (key, reason) in [
+        ("", "empty"),
+        ("order 42", "visible ASCII"),
+        (too_long.as_str(), "256 bytes long"),
+        ("\"unclosed", "quoted string"),
+    ] {
+        let err = client
+            .post(&url)
+            .with_extension(IdempotencyKey::new(key))
+            .send()
+            .await
+            .expect_err("refused before sending");
+        let message = format!("{err:#}");
+        assert!(message.contains(reason), "{key:?}: {message}");
+    }
+    assert!(keys(&server).is_empty(), "nothing reached the server");
+}
+
+#[tokio::test]
 async fn a_duplicate_waits_out_the_conflict_and_gets_the_response() {
     let (url, server) = serve().await;
     let first = tokio::spawn({

@@ -64,7 +64,9 @@ use crate::key::DEFAULT_HEADER;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// A key of your choosing.
+    /// A key of your choosing. The server's rules apply (1 to 255 bytes of visible
+    /// ASCII, or a quoted string): a request whose key the server would reject with
+    /// `400` is not sent, and fails with an error that says why.
     pub fn new(key: impl Into<String>) -> Self {
         Self(key.into())
     }
@@ -127,12 +129,20 @@ impl Middleware for IdempotencyKeys {
                     extensions.insert(key.clone());
                     key
                 });
-            match HeaderValue::from_str(key.as_str()) {
+            // The server's own rules: a key it would answer `400` is not sent.
+            let value = match crate::key::parse_key(key.as_str().as_bytes()) {
+                Ok(_) => HeaderValue::from_str(key.as_str())
+                    .map_err(|_| "it is not a valid header value".to_owned()),
+                Err(err) => Err(err.to_string()),
+            };
+            match value {
                 Ok(value) => {
                     request.headers_mut().insert(DEFAULT_HEADER, value);
                 }
-                Err(_) => {
-                    return Err(reqwest_middleware::Error::middleware(InvalidKey(key)));
+                Err(reason) => {
+                    return Err(reqwest_middleware::Error::middleware(InvalidKey(
+                        key, reason,
+                    )));
                 }
             }
         }
@@ -140,15 +150,16 @@ impl Middleware for IdempotencyKeys {
     }
 }
 
-/// An [`IdempotencyKey`] that cannot be a header value.
+/// An [`IdempotencyKey`] the server would reject, and why.
 #[derive(Debug)]
-struct InvalidKey(IdempotencyKey);
+struct InvalidKey(IdempotencyKey, String);
 
 impl std::fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the idempotency key {:?} is not a valid header value",
+            "request not sent: {} (key {:?})",
+            self.1,
             self.0.as_str()
         )
     }
