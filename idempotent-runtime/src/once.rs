@@ -37,7 +37,7 @@
 //! | --- | --- | --- |
 //! | `Ok(Outcome::Ran(v))` | the work ran now; `v` is stored for the TTL | yes |
 //! | `Ok(Outcome::Replayed(v))` | it ran before; `v` is what it returned | yes |
-//! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver later |
+//! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver in a second or so |
 //! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
 //! | `Err(OnceError::TimedOut)` | the work ran past the app's execution limit and was stopped; the key was released | redeliver |
 //! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
@@ -99,10 +99,14 @@ impl<T> Outcome<T> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum OnceError<E> {
-    /// Another caller holds the key and is running the work now.
+    /// Another caller holds the key and is running the work now. Redeliver after a
+    /// short delay (a second, say), backing off if it is still running: once it has
+    /// finished, the redelivery gets its result.
     InFlight {
-        /// Time left on its lease.
-        retry_after: Duration,
+        /// Time left on its lease. Its owner renews the lease while the work runs, so this
+        /// stays near the whole lease and says nothing of when the work ends; it is when
+        /// the key frees up at the latest, should the owner have crashed.
+        lease_remaining: Duration,
     },
     /// The key was already used with a different input.
     KeyReused,
@@ -123,10 +127,9 @@ pub enum OnceError<E> {
 impl<E: fmt::Display> fmt::Display for OnceError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InFlight { retry_after } => write!(
-                f,
-                "the work for this key is running elsewhere; retry in {retry_after:?}"
-            ),
+            Self::InFlight { .. } => {
+                f.write_str("the work for this key is running elsewhere; redeliver it shortly")
+            }
             Self::KeyReused => f.write_str("the key was already used with a different input"),
             Self::Failed(err) => write!(f, "the work failed: {err}"),
             Self::TimedOut => f.write_str("the work ran past the execution limit and was stopped"),
@@ -220,9 +223,7 @@ impl Once<'_> {
             Decision::Decided(Claim::Existing(Record::InFlight {
                 lease_remaining, ..
             })) => {
-                return Err(OnceError::InFlight {
-                    retry_after: lease_remaining,
-                });
+                return Err(OnceError::InFlight { lease_remaining });
             }
             Decision::Decided(Claim::Existing(Record::Completed { response, .. })) => {
                 let value =

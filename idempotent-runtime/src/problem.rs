@@ -7,7 +7,7 @@
 //! {"type":"https://docs.rs/idempotent-runtime/latest/idempotent_runtime/problem/index.html#request-in-flight",
 //!  "title":"A request with this idempotency key is still being processed",
 //!  "status":409,
-//!  "detail":"retry after the first request completes"}
+//!  "detail":"a request with this idempotency key is being processed; retry with the same key to get its response"}
 //! ```
 //!
 //! | `type` anchor | status | when |
