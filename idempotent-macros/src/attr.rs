@@ -311,7 +311,7 @@ fn duration(
 fn crate_path(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<syn::Path>> {
     const EXPECTED: &str = "`crate` takes the path of the `idempotent-runtime` crate as a string, for a dependency renamed or re-exported: `crate = \"idem\"`";
     if let Some(lit) = quoted(meta)? {
-        return Ok(match lit.parse::<syn::Path>() {
+        return Ok(match lit.parse_with(syn::Path::parse_mod_style) {
             Ok(path) => Some(path),
             Err(_) => {
                 errors.error(
@@ -331,10 +331,10 @@ fn crate_path(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
             let written = quote::ToTokens::to_token_stream(&path)
                 .to_string()
                 .replace(' ', "");
-            errors.error(
-                path.span(),
+            errors.push(syn::Error::new_spanned(
+                &path,
                 format!("quote the path: `crate = \"{written}\"`"),
-            );
+            ));
         }
         _ => errors.error(meta.path.span(), EXPECTED),
     }

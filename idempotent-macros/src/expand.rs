@@ -9,7 +9,8 @@
 //! }
 //! ```
 //!
-//! Output (`__private` stands for `::idempotent_runtime::__private`):
+//! Output (`__private` stands for `::idempotent_runtime::__private`, or the path given
+//! with `crate = ".."`):
 //!
 //! ```text
 //! pub async fn create<__S, __M>(
@@ -88,7 +89,7 @@
 //! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
 //! not stop a `const`, `static` or unit struct of the same name in scope from turning a
 //! binding into a pattern, hence the long prefix on every binding. Every path starts at
-//! `::idempotent_runtime::__private` (or the `crate = ".."` path), so a user's `type Result<T> = ...` or
+//! `__private`, so a user's `type Result<T> = ...` or
 //! `struct Request;` cannot change what they mean. There are no sibling items, which
 //! would break inside an `impl` block.
 
@@ -198,7 +199,8 @@ impl Runtime {
 
     /// `<runtime>::__private` where nothing of the user's is to blame: at the attribute,
     /// or, for a path given with `crate`, at the string it was written in, so that a
-    /// path that does not resolve is reported there.
+    /// path that does not resolve is reported there (and also at the types whose bounds
+    /// use it, which keep their own spans for the errors that matter more often).
     fn private(&self) -> TokenStream {
         match &self.0 {
             None => self.private_at(Span::call_site()),

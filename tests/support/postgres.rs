@@ -166,8 +166,8 @@ impl Messages {
         self.of(b'E') + self.of(b'Q')
     }
 
-    /// Round trips that carry statements: a `Sync` of the extended protocol after
-    /// messages for the server to work on, or a simple `Query`.
+    /// Round trips that carry work: a `Sync` of the extended protocol after messages for
+    /// the server to work on (statements, or a statement to prepare), or a simple `Query`.
     pub fn round_trips(&self) -> u64 {
         self.of(b'S') + self.of(b'Q')
     }
@@ -190,20 +190,25 @@ impl Messages {
 
 /// Splits one connection's client-to-server bytes into messages: first the untyped
 /// start-up message (after any untyped TLS or GSS request), then typed ones, each a type
-/// byte and a big-endian length that counts itself but not the type.
+/// byte and a big-endian length that counts itself but not the type. A connection that
+/// turns out not to be plain protocol 3 (a TLS session, say) is no longer read.
 #[derive(Default)]
 struct Parser {
     started: bool,
+    unreadable: bool,
     pending: Vec<u8>,
     /// Whether a message other than `Sync` came since the last `Sync`.
     work: bool,
 }
 
 impl Parser {
-    /// The start-up message's protocol version, 3.0.
-    const PROTOCOL_3: u32 = 196_608;
+    /// Postgres's own bounds on an untyped start-up packet.
+    const STARTUP_LENGTH: std::ops::RangeInclusive<usize> = 8..=10_000;
 
     fn feed(&mut self, bytes: &[u8], messages: &Messages) {
+        if self.unreadable {
+            return;
+        }
         self.pending.extend_from_slice(bytes);
         loop {
             let header = if self.started { 5 } else { 4 };
@@ -212,6 +217,11 @@ impl Parser {
             }
             let at = header - 4;
             let length = u32::from_be_bytes(self.pending[at..header].try_into().unwrap()) as usize;
+            if (!self.started && !Self::STARTUP_LENGTH.contains(&length)) || length < 4 {
+                self.unreadable = true;
+                self.pending = Vec::new();
+                return;
+            }
             let whole = at + length;
             if self.pending.len() < whole {
                 return;
@@ -223,9 +233,10 @@ impl Parser {
                 };
                 self.work = kind != b'S' && kind != PING;
                 *messages.0.lock().unwrap().entry(kind).or_default() += 1;
-            } else if length >= 8 {
+            } else {
+                // Protocol 3.x; the other codes are requests for TLS or GSS encryption.
                 let code = u32::from_be_bytes(self.pending[4..8].try_into().unwrap());
-                self.started = code == Self::PROTOCOL_3;
+                self.started = code >> 16 == 3;
             }
             self.pending.drain(..whole);
         }

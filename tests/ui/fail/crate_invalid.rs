@@ -6,6 +6,12 @@ async fn unquoted() {}
 #[idempotent(crate = "not a path")]
 async fn not_a_path() {}
 
+#[idempotent(crate = platform::idempotency)]
+async fn unquoted_path() {}
+
+#[idempotent(crate = "idempotency<T>")]
+async fn generic() {}
+
 #[idempotent(crate)]
 async fn no_value() {}
 

@@ -121,6 +121,7 @@ async fn fingerprint_exclude(Json(_v): Json<serde_json::Value>) {}
     scope = Tenant,
     store = "2xx,4xx",
     fingerprint = exclude("/sent_at"),
+    crate = "::idempotent_runtime",
 )]
 async fn all_at_once(Json(_v): Json<serde_json::Value>) {}
 
