@@ -431,6 +431,16 @@ async fn a_body_over_the_limit_is_413_and_consumes_nothing() {
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(runs.get(), 0);
 
+    // So is a limit a layer in front set on the body (tower-http's `RequestBodyLimit`
+    // wraps it so), below this one.
+    let mut req = post_with("/create", "k", "");
+    let limited = http_body_util::Limited::new(Body::from("x".repeat(12)), 8);
+    *req.body_mut() = Body::new(limited);
+    let answer = send(&app, req).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.problem_type(), "body-too-large");
+    assert_eq!(runs.get(), 0);
+
     let answer = send(&app, post_with("/create", "k", "small")).await;
     assert_eq!(
         answer.status,

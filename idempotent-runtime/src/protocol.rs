@@ -491,9 +491,7 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Pro
                 Ok(data) => data,
                 Err(_trailers) => continue,
             },
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(too_large());
-            }
+            Err(err) if over_a_limit(&*err) => return Err(too_large()),
             Err(err) => {
                 tracing::info!(target: TARGET, error = %err, "request rejected: body unreadable");
                 return Err(Problem::new(
@@ -620,6 +618,12 @@ fn store_unavailable(key: &str, error: &str) -> Response {
     )
     .with_retry_after(1)
     .into_response()
+}
+
+/// Whether a body error is a length limit: this one's, or one that a layer in front set
+/// (tower-http's `RequestBodyLimit`), which reaches here wrapped in an `axum::Error`.
+fn over_a_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| err.is::<LengthLimitError>())
 }
 
 /// Step 4: everything that happens once the claim is ours.

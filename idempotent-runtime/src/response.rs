@@ -455,9 +455,9 @@ impl http_body::Body for Prefixed {
         let buffered: u64 = self.prefix.iter().map(|c| c.len() as u64).sum();
         let rest = self.rest.size_hint();
         let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + buffered);
+        hint.set_lower(rest.lower().saturating_add(buffered));
         if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + buffered);
+            hint.set_upper(upper.saturating_add(buffered));
         }
         hint
     }
