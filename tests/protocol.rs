@@ -509,7 +509,13 @@ async fn store_2xx_4xx_keeps_client_errors_but_never_retry_later_answers() {
     for (status, kept) in [
         ("404", true),
         ("422", true),
+        // About the attempt, not the operation: a retry may carry new credentials,
+        // come later, or meet a raised limit.
+        ("401", false),
+        ("403", false),
+        ("407", false),
         ("408", false),
+        ("413", false),
         ("429", false),
         ("500", false),
     ] {
@@ -518,7 +524,7 @@ async fn store_2xx_4xx_keeps_client_errors_but_never_retry_later_answers() {
         assert_eq!(retry.status.as_str(), status);
         assert_eq!(retry.replayed(), kept, "{status}");
     }
-    assert_eq!(runs.get(), 2 + 3 * 2);
+    assert_eq!(runs.get(), 2 + 7 * 2);
 }
 
 /// A panic while answering at `path` (a handler that panics on its first run only) gets

@@ -2,9 +2,17 @@
 //!
 //! By default only `2xx` responses are stored: anything else releases the claim so that
 //! a retry runs the handler again. An endpoint can widen that with `store = "2xx,4xx"`
-//! to keep its deterministic client errors too. `408` and `429` mean "try again later"
-//! and `5xx` means the server failed, so none of them is stored by a class; name them
-//! one by one (`store = "2xx,503"`) or as `5xx` to store them anyway.
+//! to keep its deterministic client errors too. Some `4xx` answers are about the
+//! attempt rather than the operation, and a retry of the same request can fix them:
+//! `401` and `407` (credentials refreshed), `403` (permissions granted), `408` and
+//! `429` (try again later), `413` (a limit raised). `5xx` means the server failed. None
+//! of these is stored by a class; name them one by one (`store = "2xx,403"`), or `5xx`
+//! as a class, to store them anyway.
+
+/// Statuses that a retry of the same request may change, stored only when named one by
+/// one: credentials (`401`, `407`), permissions (`403`), timing (`408`, `429`) and
+/// limits (`413`).
+const NOT_BY_CLASS: [u16; 6] = [401, 403, 407, 408, 413, 429];
 
 /// The set of statuses an endpoint stores.
 ///
@@ -18,6 +26,7 @@
 /// let policy = StatusPolicy::classes(&[2, 4]);
 /// assert!(policy.stores(404));
 /// assert!(!policy.stores(429), "429 is never stored by a class");
+/// assert!(!policy.stores(401), "nor is 401: new credentials may follow");
 ///
 /// // Said explicitly: every server error, and 429 by its code.
 /// let policy = StatusPolicy::classes(&[2, 5]).with_codes(&[429]);
@@ -69,8 +78,7 @@ impl StatusPolicy {
         }
         let class = status / 100;
         let in_class = (1..=5).contains(&class) && self.classes & (1 << class) != 0;
-        // Retry-later answers are only stored when named one by one.
-        in_class && status != 408 && status != 429
+        in_class && !NOT_BY_CLASS.contains(&status)
     }
 }
 
