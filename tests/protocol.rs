@@ -829,6 +829,34 @@ async fn a_claim_granted_after_its_503_does_not_block_the_key() {
     assert_eq!(runs.get(), 1);
 }
 
+tokio::task_local! {
+    static REQUEST_ID: &'static str;
+}
+
+#[idempotent]
+async fn reads_the_request_id() -> String {
+    REQUEST_ID.with(|id| format!("handled {id}"))
+}
+
+#[tokio::test]
+async fn the_handler_keeps_the_requests_task_locals_while_the_store_answers_late() {
+    // A middleware scopes a task-local to the request; the store's claim is not ready
+    // on its first poll, so the handler runs only after a wait. It still runs in the
+    // request's task, where the task-local is set.
+    let store = Flaky::new(Fault::SlowClaim(Duration::from_millis(20)));
+    let app = Router::new()
+        .route("/request-id", post(reads_the_request_id))
+        .layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| {
+                REQUEST_ID.scope("req-7", next.run(request))
+            },
+        ))
+        .with_state(Idempotency::new(store));
+    let answer = send(&app, post_with("/request-id", "k", "")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "handled req-7");
+}
+
 #[tokio::test]
 async fn a_failed_completion_is_retried_so_the_retry_gets_the_replay() {
     let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedComplete)));

@@ -147,8 +147,7 @@ where
             Start::Handler(handler) => return handler.await,
             Start::Task(task, answer) => (task, answer),
         };
-        detach(task).await;
-        match answer.await {
+        match drive(task, answer).await {
             Ok(Answer::Response(response)) => response,
             Ok(Answer::PassThrough(request, handler, state)) => handler.call(request, state).await,
             Err(_) => {
@@ -258,20 +257,60 @@ where
     (task, answer)
 }
 
-/// Runs `task` to completion whatever happens to the caller: its first poll happens
-/// here, and only if that leaves it unfinished is it spawned. A replay, a conflict, or a
-/// handler that needs no I/O (on a store that needs none, like the memory store) is then
-/// answered without a task switch, and a request is never cancelled between its claim
-/// and its record: the caller can only be dropped while awaiting, and by then the task is
-/// finished or spawned. A panic in the task (never the handler's, which `execute`
-/// catches) ends it without an answer, as it would end a spawned task.
-async fn detach(mut task: Task) {
-    let first = poll_once(std::pin::pin!(
-        AssertUnwindSafe(task.as_mut()).catch_unwind()
-    ))
-    .await;
-    if first.is_pending() {
-        tokio::spawn(task);
+/// Runs `task` to completion whatever happens to the caller, and returns its answer.
+///
+/// The task runs here, in the caller's own task, for as long as the caller waits for
+/// the answer: the handler keeps the request's tracing span and tokio task-locals, and
+/// a store's reply wakes the request directly, with no task of its own to switch to.
+/// Should the caller be dropped first (the client went away, a timeout layer gave up),
+/// the rest of the task is spawned, under the tracing span current then, so that a
+/// request is never cancelled between its claim and its record. So is the rest of a
+/// task that answered before it was done (`release_late`). A panic in the task (never
+/// the handler's, which `execute` catches) ends it without an answer, as it would end
+/// a spawned task.
+async fn drive<H, S>(
+    task: Task,
+    mut answer: oneshot::Receiver<Answer<H, S>>,
+) -> Result<Answer<H, S>, oneshot::error::RecvError> {
+    let mut task = Detached(Some(task));
+    std::future::poll_fn(|cx| {
+        if let Some(running) = &mut task.0 {
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx)));
+            if !matches!(polled, Ok(Poll::Pending)) {
+                task.0 = None;
+            }
+        }
+        // Ready at the latest when the task ends, which sends or drops the sender.
+        let answered = Pin::new(&mut answer).poll(cx);
+        if answered.is_ready() {
+            task.spawn();
+        }
+        answered
+    })
+    .await
+}
+
+/// A request's task, spawned if it is dropped unfinished.
+struct Detached(Option<Task>);
+
+impl Detached {
+    fn spawn(&mut self) {
+        let Some(task) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(tracing::Instrument::in_current_span(task));
+            }
+            Err(_) => tracing::error!(
+                target: TARGET,
+                "an idempotent request was dropped outside a tokio runtime before its task ended; the task is dropped with it"
+            ),
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.spawn();
     }
 }
 
