@@ -13,7 +13,7 @@
 //! Each check uses keys under a random prefix, so the kit can run in parallel with other
 //! tests against a shared server, and twice in a row. The checks that involve expiry use
 //! real time (stores keep time on their server): leases and TTLs of a few hundred
-//! milliseconds with generous margins, about five seconds for the whole kit.
+//! milliseconds with generous margins, about six seconds for the whole kit.
 //!
 //! A failed check panics with a message naming the check and the rule it broke.
 
@@ -49,6 +49,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     keys_are_independent(store, &key("a"), &key("b")).await;
     renewal_keeps_the_lease(store, &key("renew")).await;
     lapsed_lease_is_taken_over(store, &key("takeover")).await;
+    completion_outlives_the_lease(store, &key("outlives")).await;
     stale_owner_is_fenced(store, &key("fenced")).await;
     ttl_expires_the_record(store, &key("ttl")).await;
     concurrent_claims_have_one_winner(store, &key("race"), 100).await;
@@ -399,6 +400,44 @@ pub async fn ttl_expires_the_record<S: Store>(store: &S, key: &str) {
         "the record must expire with its TTL"
     );
     acquire(store, key, fp("b"), LONG).await;
+}
+
+/// A completed record lives for its TTL, not for the lease it was claimed with: a retry
+/// after the lease still gets the replay (or, with another fingerprint, the mismatch),
+/// never a new claim that would run the handler again.
+pub async fn completion_outlives_the_lease<S: Store>(store: &S, key: &str) {
+    let token = acquire(store, key, fp("a"), SHORT).await;
+    assert!(
+        ok(
+            store.complete(key, token, &sample_response(), LONG).await,
+            "complete"
+        )
+        .await
+    );
+    tokio::time::sleep(PAST_SHORT).await;
+    for (body, what) in [("a", "a retry"), ("b", "a reuse with another body")] {
+        match ok(
+            store.claim(key, fp(body), SHORT).await,
+            "claim after the lease",
+        )
+        .await
+        {
+            Claim::Existing(Record::Completed {
+                fingerprint,
+                response,
+            }) => {
+                assert_eq!(fingerprint, fp("a"), "{what} sees the first fingerprint");
+                assert_eq!(
+                    response,
+                    sample_response(),
+                    "{what} sees the stored response"
+                );
+            }
+            other => panic!(
+                "{what} after the lease must find the completed record (it lives for its TTL), got {other:?}"
+            ),
+        }
+    }
 }
 
 /// Of `n` concurrent claims on one key, exactly one wins; the others see it in flight.
