@@ -128,7 +128,10 @@ impl Idempotency {
     }
 
     /// The lease for endpoints that set no `lease`: how long a claim outlives a crashed
-    /// owner. A live owner renews it every third of the lease. At least 1 ms.
+    /// owner. A live owner renews it every third of the lease, counted from when the
+    /// claim's answer arrived, which can be up to a store timeout after the store granted
+    /// it: keep every lease at least three times the
+    /// [store timeout](Self::with_store_timeout). At least 1 ms.
     ///
     /// ```
     /// use std::time::Duration;
@@ -169,7 +172,9 @@ impl Idempotency {
 
     /// How long one store operation may take; past it the store counts as unavailable.
     /// Keep it well above the store's round trip: an operation that takes longer (claim,
-    /// lease renewal, completion) fails, and a claim that fails is a `503`.
+    /// lease renewal, completion) fails, and a claim that fails is a `503`. And keep it
+    /// below a third of every lease, so that a slow claim's answer leaves time for the
+    /// first renewal.
     ///
     /// ```
     /// use std::time::Duration;
