@@ -13,7 +13,7 @@
 //! Each check uses keys under a random prefix, so the kit can run in parallel with other
 //! tests against a shared server, and twice in a row. The checks that involve expiry use
 //! real time (stores keep time on their server): leases and TTLs of a few hundred
-//! milliseconds with generous margins, about six seconds for the whole kit.
+//! milliseconds with generous margins, about seven seconds for the whole kit.
 //!
 //! A failed check panics with a message naming the check and the rule it broke.
 
@@ -53,6 +53,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     stale_owner_is_fenced(store, &key("fenced")).await;
     ttl_expires_the_record(store, &key("ttl")).await;
     concurrent_claims_have_one_winner(store, &key("race"), 100).await;
+    concurrent_takeovers_have_one_winner(store, &key("takeover-race"), 100).await;
 }
 
 /// A prefix no earlier run used.
@@ -442,6 +443,27 @@ pub async fn completion_outlives_the_lease<S: Store>(store: &S, key: &str) {
 
 /// Of `n` concurrent claims on one key, exactly one wins; the others see it in flight.
 pub async fn concurrent_claims_have_one_winner<S: Store + Clone>(store: &S, key: &str, n: usize) {
+    one_winner(store, key, n).await;
+}
+
+/// Of `n` concurrent claims on a key whose owner's lease lapsed (a crashed owner), exactly
+/// one takes it over, with a new fencing token; the others see the new claim in flight.
+pub async fn concurrent_takeovers_have_one_winner<S: Store + Clone>(
+    store: &S,
+    key: &str,
+    n: usize,
+) {
+    let crashed = acquire(store, key, fp("a"), SHORT).await;
+    tokio::time::sleep(PAST_SHORT).await;
+    let winner = one_winner(store, key, n).await;
+    assert_ne!(
+        winner, crashed,
+        "the new owner must get a new fencing token"
+    );
+}
+
+/// Races `n` claims of `key`; checks that exactly one wins and returns its token.
+async fn one_winner<S: Store + Clone>(store: &S, key: &str, n: usize) -> FencingToken {
     let start = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -476,4 +498,5 @@ pub async fn concurrent_claims_have_one_winner<S: Store + Clone>(store: &S, key:
         n - 1,
         "every other claim must see the key in flight"
     );
+    tokens.into_iter().next().expect("one winner")
 }
