@@ -483,12 +483,17 @@ fn key_from_json(body: &[u8], pointer: &str) -> Result<Option<String>, Problem> 
             "the idempotency key is read from `{pointer}` of a JSON body, but the body is not JSON"
         ))
     })?;
+    let checked = |key: &str| {
+        key::parse_key(key.as_bytes())
+            .map(Some)
+            .map_err(|err| invalid(format!("{err} (read from the body field at `{pointer}`)")))
+    };
     match value.pointer(pointer) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => key::parse_key(s.as_bytes())
-            .map(Some)
-            .map_err(|err| invalid(format!("{err} (read from the body field at `{pointer}`)"))),
-        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(serde_json::Value::String(s)) => checked(s),
+        // Checked too: with serde_json's `arbitrary_precision` (which any crate in the
+        // build can turn on), a number keeps every digit it was sent with.
+        Some(serde_json::Value::Number(n)) => checked(&n.to_string()),
         Some(_) => Err(invalid(format!(
             "the body field at `{pointer}` must be a string or a number to be used as the idempotency key"
         ))),
