@@ -829,6 +829,30 @@ async fn a_claim_granted_after_its_503_does_not_block_the_key() {
     assert_eq!(runs.get(), 1);
 }
 
+#[tokio::test]
+async fn drain_waits_for_a_handler_whose_client_went_away() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let (app, runs) = app_with(idempotency.clone());
+    let request = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow_request("k", "a", 300)).await }
+    });
+    while runs.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The client goes away; its handler goes on in a task of its own, which a runtime
+    // shutting down would drop. `drain` waits for it and its record.
+    request.abort();
+    idempotency.drain().await;
+    let retry = send(&app, slow_request("k", "a", 300)).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert!(
+        retry.replayed(),
+        "the record was stored before drain returned"
+    );
+    assert_eq!(runs.get(), 1);
+}
+
 tokio::task_local! {
     static REQUEST_ID: &'static str;
 }

@@ -58,7 +58,7 @@ async fn serve(options: cli::Options) -> Result<(), String> {
     let store = options.store.open("idempotent_orders").await?;
     let idempotency = store.idempotency.clone().with_lease(options.lease);
     let orders = app::Orders::new(options.work);
-    let router = app::router(orders.clone(), idempotency);
+    let router = app::router(orders.clone(), idempotency.clone());
 
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
@@ -79,6 +79,9 @@ async fn serve(options: cli::Options) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|err| format!("server error: {err}"))?;
+    // Orders whose clients went away are still being created: let them finish and be
+    // recorded, so that those clients' retries get them.
+    idempotency.drain().await;
     tracing::info!(
         created = orders.list().len(),
         executions = orders.executions(),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::response::StoredHeaders;
 use crate::store::{DynStore, Store};
@@ -65,6 +67,8 @@ struct Config {
     store_timeout: Duration,
     stored_headers: StoredHeaders,
     execution_limit: Option<Duration>,
+    /// The requests under way, for `drain`; shared by every clone.
+    working: TaskTracker,
 }
 
 impl fmt::Debug for Idempotency {
@@ -105,8 +109,37 @@ impl Idempotency {
                 store_timeout: Self::DEFAULT_STORE_TIMEOUT,
                 stored_headers: StoredHeaders::All,
                 execution_limit: None,
+                working: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Waits until the requests this handle's endpoints are working on have finished:
+    /// their handlers, and the records or releases of their keys. Call it after the
+    /// server's graceful shutdown and before the runtime ends, so that a request whose
+    /// client went away (its handler goes on in a task of its own) still completes and
+    /// is recorded instead of being dropped with the runtime. Requests that arrive in
+    /// the meantime are waited for too.
+    ///
+    /// ```
+    /// use idempotent_runtime::{Idempotency, MemoryStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// // let app = Router::new()...with_state(idempotency.clone());
+    /// // axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+    /// idempotency.drain().await;
+    /// # }
+    /// ```
+    pub async fn drain(&self) {
+        self.inner.working.close();
+        self.inner.working.wait().await;
+    }
+
+    /// Counts a request as under way until the token is dropped.
+    pub(crate) fn working(&self) -> TaskTrackerToken {
+        self.inner.working.token()
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {

@@ -198,8 +198,10 @@ where
     let task = Box::pin(async move {
         // Everything up to the claim in a block of its own: what it leaves behind (the
         // request, the key) is then not laid out beside the execution's state.
-        let (run, handler) = {
+        let (run, handler, _working) = {
             let idempotency = state.idempotency();
+            // Held until the task ends, for `Idempotency::drain`.
+            let working = idempotency.working();
             // Matched where it is awaited, with no binding of its own.
             let Claimable {
                 request,
@@ -249,7 +251,7 @@ where
             };
             // Not boxed again: an axum handler's future is a box already, so this task
             // reserves no room for the handler's state when it only replays.
-            (run, handler.call(request, state))
+            (run, handler.call(request, state), working)
         };
         // The client may be gone; the work is done either way.
         let _ = reply.send(Answer::Response(run.execute(handler).await));
