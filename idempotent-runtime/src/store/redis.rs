@@ -75,6 +75,14 @@
 //! records a Redis that does not evict: with `noeviction` a full Redis fails the claim
 //! instead, and the protocol answers `503`.
 //!
+//! The guarantee is as durable as the Redis that holds the records. A Redis that
+//! restarts without persistence (`appendonly no`, no snapshot) forgets every claim and
+//! response; so does a failover to a replica that had not yet received the last writes,
+//! since Redis replicates asynchronously. A retry that arrives after either runs the
+//! handler again. Where that matters (payments), run Redis with `appendonly yes` and
+//! `appendfsync everysec` or stricter, or keep the records in Postgres, alone or behind
+//! Redis with [`TieredStore`](crate::store::TieredStore).
+//!
 //! # One round trip per step
 //!
 //! **claim** is a single native command, with no script:
