@@ -191,7 +191,7 @@ impl Runtime {
         match &self.0 {
             None => quote_spanned!(span=> ::idempotent_runtime::__private),
             Some(path) => {
-                let path = respan(path.to_token_stream(), span);
+                let path = respan(path.to_token_stream(), &|_| span);
                 quote_spanned!(span=> #path::__private)
             }
         }
@@ -207,20 +207,6 @@ impl Runtime {
             Some(path) => self.private_at(path.span()),
         }
     }
-}
-
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                token =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span)).into();
-            }
-            token.set_span(span);
-            token
-        })
-        .collect()
 }
 
 fn duration_tokens(runtime: &Runtime, d: std::time::Duration) -> TokenStream {
@@ -454,7 +440,9 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             let private = runtime.private_at(ty.span());
             // One context for every token of the call, so that the compiler reports the
             // missing `Scope` once, not once per token context.
-            let ty = respan_mixed(ty.to_token_stream());
+            let ty = respan(ty.to_token_stream(), &|span| {
+                Span::mixed_site().located_at(span)
+            });
             quote_spanned! {span=>
                 #private::run_scoped::<#state, _, #handler_args, #ty>(
                     &#endpoint_static, #handler, #request, #state_value,
@@ -506,21 +494,20 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     }
 }
 
-/// The same tokens, each with the hygiene of `Span::mixed_site()` at its own location.
+/// The same tokens, groups included, each given `span_for` of its own span: the
+/// hygiene of `Span::mixed_site()` at its own location, say, or one place for all.
 /// Paths in them still resolve where the user wrote them: only local variables and
-/// labels resolve differently under `mixed_site`, and a type has neither.
-fn respan_mixed(tokens: TokenStream) -> TokenStream {
+/// labels resolve differently under `mixed_site`, and a type or path has neither.
+fn respan(tokens: TokenStream, span_for: &impl Fn(Span) -> Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {
+            let span = span_for(token.span());
             if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut inner =
-                    proc_macro2::Group::new(group.delimiter(), respan_mixed(group.stream()));
-                inner.set_span(Span::mixed_site().located_at(group.span()));
-                token = proc_macro2::TokenTree::Group(inner);
-            } else {
-                token.set_span(Span::mixed_site().located_at(token.span()));
+                let inner = respan(group.stream(), span_for);
+                token = proc_macro2::Group::new(group.delimiter(), inner).into();
             }
+            token.set_span(span);
             token
         })
         .collect()
