@@ -172,11 +172,6 @@ impl Messages {
         self.of(b'S') + self.of(b'Q')
     }
 
-    /// Round trips that carry nothing, only a `Sync`.
-    pub fn pings(&self) -> u64 {
-        self.of(PING)
-    }
-
     /// Messages of type `kind` so far.
     fn of(&self, kind: u8) -> u64 {
         self.0.lock().unwrap().get(&kind).copied().unwrap_or(0)
