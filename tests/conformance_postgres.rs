@@ -279,28 +279,28 @@ async fn purge_skips_rows_another_session_holds_instead_of_waiting() {
     assert_eq!(row_count(&store).await, 0);
 }
 
-/// The last token the store's sequence handed out.
-async fn tokens_drawn(store: &PostgresStore) -> i64 {
+/// Each row's key and version (the transaction that last wrote it), in key order.
+async fn row_versions(store: &PostgresStore) -> Vec<(String, String)> {
     let sql = format!(
-        r#"SELECT last_value FROM "{}"."{}_token_seq""#,
+        r#"SELECT key, xmin::text FROM "{}"."{}" ORDER BY key"#,
         store.schema(),
         store.table()
     );
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .fetch_one(store.pool())
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(store.pool())
         .await
         .unwrap()
 }
 
 /// A claim that finds a live row (a replay, a request in flight, a key reused with
-/// another body) only reads: it waits for no row lock and draws no token, so retries of
+/// another body) only reads: it waits for no row lock and writes nothing, so retries of
 /// one key do not queue behind each other or behind a transaction holding the row.
 #[tokio::test]
 async fn a_claim_that_finds_a_live_row_only_reads() {
     let (store, _schema) = fresh_store().await;
     acquire_and_complete(&store, "done").await;
     acquire(&store, "running", LONG).await;
-    let drawn = tokens_drawn(&store).await;
+    let versions = row_versions(&store).await;
 
     // Another session holds both rows locked.
     let other = lock_rows(&store, &["done", "running"]).await;
@@ -332,9 +332,9 @@ async fn a_claim_that_finds_a_live_row_only_reads() {
         "{in_flight:?}"
     );
     assert_eq!(
-        tokens_drawn(&store).await,
-        drawn,
-        "a claim that acquires nothing draws no token"
+        row_versions(&store).await,
+        versions,
+        "a claim that acquires nothing writes nothing"
     );
 }
 

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use idempotent_runtime::{Claim, Fingerprint, Idempotency, PostgresStore, Store, idempotent};
 use sqlx::postgres::{PgPoolOptions, PgSslMode};
-use support::postgres::{Forwarder, TestSchema, fresh_store};
+use support::postgres::{Forwarder, TestSchema, fresh_store, row_count, store_in};
 use tower::ServiceExt;
 
 #[derive(Clone, FromRef)]
@@ -255,4 +255,57 @@ async fn each_protocol_step_is_one_statement_in_one_round_trip() {
         "{claim:?}"
     );
     assert_eq!(count(), (1, 1), "a takeover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_does_not_hold_the_key() {
+    // The claim reaches Postgres and commits, then its connection drops before the answer
+    // arrives. The request gets a 503; its retry must run at once, not meet a claim that
+    // nobody owns and get 409 for a whole lease.
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    // One connection, not pinged before use: the muted statement is the claim itself.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(forwarder.connect_options().ssl_mode(PgSslMode::Disable))
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool.clone())
+        .with_schema(schema.name())
+        .unwrap();
+    store.migrate().await.unwrap();
+    let direct = store_in(schema.name()).await;
+    // Long enough that only the lost connection, never the timeout, ends the claim.
+    let idempotency = Idempotency::new(store).with_store_timeout(Duration::from_secs(30));
+    let (app, runs) = app(idempotency);
+    let order = r#"{"item":"widget","qty":1}"#;
+
+    // The claim statement is prepared on the connection (the answer to a prepare is
+    // needed before the statement runs), and the connection is back in the pool.
+    assert_eq!(
+        send(&app, "warm-up", order).await.status(),
+        StatusCode::CREATED
+    );
+    while pool.num_idle() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    forwarder.mute();
+    let lost = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "order-1", order).await }
+    });
+    while row_count(&direct).await < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    forwarder.sever();
+    let lost = lost.await.unwrap();
+    assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler did not run");
+
+    let retry = send(&app, "order-1", order).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert!(retry.headers().get("idempotent-replayed").is_none());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }

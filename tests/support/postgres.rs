@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use idempotent_runtime::{FencingToken, PostgresStore};
@@ -14,7 +15,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub fn database_url() -> String {
@@ -140,12 +141,16 @@ pub async fn lock_rows(
 ///
 /// [`cut`](Self::cut) closes the port and every connection through it, as if the database
 /// host went away; [`restore`](Self::restore) listens on the same port again.
-/// [`messages`](Self::messages) counts what clients send through it.
+/// [`mute`](Self::mute) and [`sever`](Self::sever) lose the server's answers and then the
+/// connections they were for. [`messages`](Self::messages) counts what clients send
+/// through it.
 pub struct Forwarder {
     port: u16,
     upstream: SocketAddr,
     running: Mutex<Option<Running>>,
     messages: Arc<Messages>,
+    muted: Arc<AtomicBool>,
+    severed: watch::Sender<u64>,
 }
 
 /// The messages clients sent through a [`Forwarder`], by their type byte, once their
@@ -254,6 +259,20 @@ async fn count_and_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, message
     let _ = to.shutdown().await;
 }
 
+/// Copies the server's answers to the client, dropping them while `muted`.
+async fn answer(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, muted: Arc<AtomicBool>) {
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if !muted.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -266,6 +285,8 @@ impl Forwarder {
             upstream,
             running: Mutex::new(None),
             messages: Arc::default(),
+            muted: Arc::default(),
+            severed: watch::Sender::new(0),
         };
         let (port, running) = forwarder.listen(0).await;
         *forwarder.running.lock().await = Some(running);
@@ -292,6 +313,19 @@ impl Forwarder {
         &self.messages
     }
 
+    /// Drops the server's answers, on every connection, until [`sever`](Self::sever):
+    /// statements still reach the server and run there.
+    pub fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every connection open now, keeping the port open for new ones, and lets
+    /// answers through again.
+    pub fn sever(&self) {
+        self.muted.store(false, Ordering::SeqCst);
+        self.severed.send_modify(|generation| *generation += 1);
+    }
+
     /// Options that connect through the forwarder.
     pub fn connect_options(&self) -> PgConnectOptions {
         connect_options().host("127.0.0.1").port(self.port)
@@ -307,6 +341,8 @@ impl Forwarder {
         let port = listener.local_addr().expect("local address").port();
         let upstream = self.upstream;
         let messages = Arc::clone(&self.messages);
+        let muted = Arc::clone(&self.muted);
+        let severed = self.severed.clone();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
@@ -316,15 +352,23 @@ impl Forwarder {
                     accepted = listener.accept() => {
                         let Ok((inbound, _)) = accepted else { continue };
                         let messages = Arc::clone(&messages);
+                        let muted = Arc::clone(&muted);
+                        let mut severed = severed.subscribe();
                         connections.spawn(async move {
                             let Ok(outbound) = TcpStream::connect(upstream).await else { return };
-                            let (client_reads, mut client_writes) = inbound.into_split();
-                            let (mut server_reads, server_writes) = outbound.into_split();
-                            let answers = async {
-                                let _ = tokio::io::copy(&mut server_reads, &mut client_writes).await;
-                                let _ = client_writes.shutdown().await;
+                            let (client_reads, client_writes) = inbound.into_split();
+                            let (server_reads, server_writes) = outbound.into_split();
+                            let both = async {
+                                tokio::join!(
+                                    count_and_copy(client_reads, server_writes, messages),
+                                    answer(server_reads, client_writes, muted),
+                                )
                             };
-                            tokio::join!(count_and_copy(client_reads, server_writes, messages), answers);
+                            // Returning drops both sockets.
+                            tokio::select! {
+                                _ = both => {}
+                                _ = severed.changed() => {}
+                            }
                         });
                     }
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}

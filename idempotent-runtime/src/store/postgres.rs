@@ -23,8 +23,8 @@ const MIGRATION_LOCK: i64 = 0x6964_656d_6d69_6772;
 /// statement's snapshot and its insert (see "Claim" in the module docs).
 const CLAIM_ATTEMPTS: usize = 16;
 
-/// The longest schema or table name accepted, so that the derived names
-/// (`<table>_token_seq`, `<table>_expires_at_idx`) fit Postgres' 63-byte limit.
+/// The longest schema or table name accepted, so that the derived name
+/// (`<table>_expires_at_idx`) fits Postgres' 63-byte limit.
 pub const MAX_IDENTIFIER_LEN: usize = 48;
 
 /// The Postgres store: records in one table of the database your app already uses.
@@ -89,8 +89,7 @@ struct Sql {
 
 const CREATE_SCHEMA: &str = r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#;
 
-const CREATE: [&str; 4] = [
-    r#"CREATE SEQUENCE IF NOT EXISTS "{schema}"."{table}_token_seq""#,
+const CREATE: [&str; 2] = [
     r#"CREATE TABLE IF NOT EXISTS "{schema}"."{table}" (
     key         text        PRIMARY KEY,
     token       bigint      NOT NULL,
@@ -99,7 +98,6 @@ const CREATE: [&str; 4] = [
     expires_at  timestamptz NOT NULL,
     response    bytea
 )"#,
-    r#"ALTER SEQUENCE "{schema}"."{table}_token_seq" OWNED BY "{schema}"."{table}".token"#,
     r#"CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON "{schema}"."{table}" (expires_at)"#,
 ];
 
@@ -109,7 +107,7 @@ const CLAIM: &str = r#"WITH live AS (
     WHERE r.key = $1 AND r.expires_at > clock_timestamp()
 ), claimed AS (
     INSERT INTO "{schema}"."{table}" AS r (key, token, fingerprint, state, expires_at)
-    SELECT $1, nextval('"{schema}"."{table}_token_seq"'), $2, 'in_flight', clock_timestamp() + $3
+    SELECT $1, $4, $2, 'in_flight', clock_timestamp() + $3
     WHERE NOT EXISTS (SELECT 1 FROM live)
     ON CONFLICT (key) DO UPDATE
         SET token = EXCLUDED.token,
@@ -365,7 +363,7 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates the schema, sequence, table and index if they are missing.
+    /// Creates the schema, table and index if they are missing.
     ///
     /// Safe to call from every replica at every start, at the same time: the steps run in
     /// one transaction under a transaction-level advisory lock, so concurrent callers
@@ -493,11 +491,13 @@ impl PostgresStore {
         key: &str,
         fingerprint: &Fingerprint,
         lease: PgInterval,
+        token: i64,
     ) -> Result<Option<PgRow>, sqlx::Error> {
         query(&self.sql.claim)
             .bind(key)
             .bind(fingerprint.as_bytes().as_slice())
             .bind(lease)
+            .bind(token)
             .fetch_optional(&self.pool)
             .await
     }
@@ -514,22 +514,39 @@ impl PostgresStore {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Tokens come from a `bigint` sequence: one past its range owns nothing.
+/// A claim's token, drawn by the store rather than the database, so that a claim whose
+/// answer was lost can still be taken back by it: a positive `bigint`, unique with
+/// overwhelming probability.
+fn new_token() -> i64 {
+    (FencingToken::random().0 >> 1).max(1) as i64
+}
+
+/// Tokens are positive `bigint`s: one outside that range owns nothing.
 fn token_param(token: FencingToken) -> Option<i64> {
     i64::try_from(token.0).ok()
 }
 
-fn decode_claim(key: &str, row: &PgRow) -> Result<Claim, StoreError> {
+/// Whether a statement that failed may still have run and committed: its connection
+/// failed with no answer, as opposed to an error answer (which, outside a transaction,
+/// means nothing was committed) or no connection at all.
+fn may_have_run(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+fn decode_claim(key: &str, row: &PgRow, token: i64) -> Result<Claim, StoreError> {
     let acquired: bool = row.try_get("acquired").map_err(|e| corrupt(key, e))?;
-    if !acquired {
-        return record(key, row).map(Claim::Existing);
+    if acquired {
+        // `new_token` is positive.
+        Ok(Claim::Acquired(FencingToken(token as u64)))
+    } else {
+        record(key, row).map(Claim::Existing)
     }
-    let token: i64 = row.try_get("token").map_err(|e| corrupt(key, e))?;
-    u64::try_from(token)
-        .ok()
-        .filter(|&t| t > 0)
-        .map(|t| Claim::Acquired(FencingToken(t)))
-        .ok_or_else(|| corrupt(key, format_args!("the token sequence gave {token}")))
 }
 
 impl Store for PostgresStore {
@@ -540,15 +557,25 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let lease = interval(lease);
+        let token = new_token();
         for _ in 0..CLAIM_ATTEMPTS {
-            match self.claim_once(key, &fingerprint, lease).await {
-                Ok(Some(row)) => return decode_claim(key, &row),
+            match self.claim_once(key, &fingerprint, lease, token).await {
+                Ok(Some(row)) => return decode_claim(key, &row, token),
                 // A concurrent claimant committed between this statement's snapshot and
                 // its insert: the row exists, but the snapshot cannot show it. The next
                 // statement takes a new snapshot and sees it.
                 Ok(None) => continue,
                 Err(err) if is_serialization_failure(&err) => continue,
-                Err(err) => return Err(db_error("claim", err)),
+                Err(err) => {
+                    if may_have_run(&err) {
+                        // No answer is not a refusal: the claim may be in the table with
+                        // nobody to complete it, and retries would get 409 until its
+                        // lease lapsed. Take it back by its token, over another
+                        // connection; a key this claim did not get is left alone.
+                        let _ = Store::release(self, key, FencingToken(token as u64)).await;
+                    }
+                    return Err(db_error("claim", err));
+                }
             }
         }
         Err(StoreError::new(format!(
