@@ -168,6 +168,28 @@ async fn panicking_work_releases_its_key_and_the_panic_goes_on() {
         .run("evt_1", &EVENT, || counted(&runs))
         .await;
     assert_eq!(retried.ok(), Some(Outcome::Ran(1)));
+
+    // A closure that panics before it returns its future (parsing the event, say) is
+    // the work panicking too.
+    let panicked = tokio::spawn({
+        let idempotency = idempotency.clone();
+        async move {
+            idempotency
+                .once("refunds")
+                .run("evt_2", &EVENT, || {
+                    let cents: u64 = "not a number".parse().expect("a valid amount");
+                    async move { Ok::<u64, std::io::Error>(cents) }
+                })
+                .await
+        }
+    })
+    .await;
+    assert!(panicked.is_err_and(|err| err.is_panic()));
+    let retried = idempotency
+        .once("refunds")
+        .run("evt_2", &EVENT, || counted(&runs))
+        .await;
+    assert_eq!(retried.ok(), Some(Outcome::Ran(2)));
 }
 
 #[tokio::test]

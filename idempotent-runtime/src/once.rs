@@ -45,6 +45,12 @@
 //! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
 //! | `Err(OnceError::Unreadable(_))` | it ran before, but its stored result does not read back as `T` | dead-letter |
 //!
+//! `Ran` means the work ran, not always that its result was recorded: when the store
+//! keeps failing the completion (it is tried again for up to a third of the lease) or
+//! refuses it, that is logged, and a duplicate delivered once the lease has lapsed runs
+//! the work again. Make work whose second run would do harm
+//! check for its own effect too (a unique constraint on the refund, say).
+//!
 //! `Unreadable` means the work ran: a redelivery would only get the same error until the
 //! record expires, and then run the work a second time. It comes from a result type
 //! changed between deploys, or a result that did not serialise (a NaN `f64`, a map
@@ -248,9 +254,11 @@ impl Once<'_> {
             policy: StatusPolicy::DEFAULT,
         };
         // The work is dropped before anything else happens: stopped past the limit, it
-        // lets go of what it holds before its key is released.
+        // lets go of what it holds before its key is released. The closure is called
+        // inside the guard, so that a panic in it before it returns its future is the
+        // work's panic too.
         let outcome = {
-            let work = std::pin::pin!(work());
+            let work = std::pin::pin!(async move { work().await });
             execution.guard(work).await
         };
         let value = match outcome {
