@@ -563,7 +563,39 @@ fn fingerprint(
 }
 
 fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<StoreArg>> {
-    let lit: LitStr = meta.value()?.parse()?;
+    const EXAMPLE: &str = "like `store = \"2xx,409\"`";
+    if !meta.input.peek(Token![=]) {
+        errors.error(
+            meta.path.span(),
+            format!("`store` needs the statuses to keep, {EXAMPLE}"),
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    meta.input.parse::<Token![=]>()?;
+    let lit = match meta.input.parse::<syn::Lit>() {
+        Ok(syn::Lit::Str(lit)) => lit,
+        // `2xx` is an integer with the suffix `xx`, `409` one without.
+        Ok(syn::Lit::Int(int)) => {
+            errors.error(
+                int.span(),
+                format!("`store` takes a string; did you mean `store = \"{int}\"`?"),
+            );
+            return Ok(None);
+        }
+        parsed => {
+            errors.error(
+                meta.path.span(),
+                format!("`store` takes a string of status classes and codes, {EXAMPLE}"),
+            );
+            if parsed.is_err() {
+                while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                    meta.input.parse::<proc_macro2::TokenTree>()?;
+                }
+            }
+            return Ok(None);
+        }
+    };
     let mut store = StoreArg {
         classes: Vec::new(),
         codes: Vec::new(),
@@ -585,6 +617,13 @@ fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<
                 return Ok(None);
             }
         }
+    }
+    if !store.classes.contains(&2) && !store.codes.iter().any(|code| (200..300).contains(code)) {
+        errors.error(
+            lit.span(),
+            format!("`store = \"{}\"` keeps no success: a 2xx answer would be released, and a retry would run the handler again\nthe list replaces the default `2xx`; add it, {EXAMPLE}", lit.value()),
+        );
+        return Ok(None);
     }
     Ok(Some(store))
 }
