@@ -5,6 +5,15 @@
 //! canonical form: object keys sorted, no insignificant whitespace. So
 //! `{"a":1, "b":2}` and `{ "b": 2, "a": 1 }` are the same request, and a client library
 //! that re-serialises its payload between retries is not mistaken for a different one.
+//! Two other kinds of body that clients rebuild differently for the same request are
+//! normalised too:
+//!
+//! - a form (`application/x-www-form-urlencoded`) is hashed as its parameters,
+//!   percent-decoded and sorted by name (values of one name keep their order), as the
+//!   query string is: `a=1&b=x+y` and `b=x%20y&a=1` are the same request;
+//! - a `multipart/form-data` body is hashed without its boundary, which clients draw at
+//!   random for each form they build: the parts, their headers and their order count.
+//!
 //! Any other body, and a JSON body that does not parse, is hashed byte for byte. An
 //! `#[idempotent]` endpoint folds the request's query parameters into this digest too.
 //!
@@ -112,15 +121,84 @@ impl Fingerprint {
         Some(Self::of_json(&value))
     }
 
-    /// The digest of a request body: canonical JSON when the `Content-Type` says JSON
-    /// and the body parses, raw bytes otherwise.
+    /// The digest of a request body, by its `Content-Type`: canonical JSON when it is
+    /// JSON and the body parses, the sorted parameters of a form, a multipart body
+    /// without its boundary, raw bytes otherwise (see the [module docs](self)). The
+    /// JSON pointers in `exclude` name fields of a JSON body, or, with one segment
+    /// (`"/sent_at"`), parameters of a form.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use idempotent_runtime::Fingerprint;
+    ///
+    /// let mut form = HeaderMap::new();
+    /// form.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    /// assert_eq!(
+    ///     Fingerprint::of_request(&form, b"amount=10&note=a+gift", &[]),
+    ///     Fingerprint::of_request(&form, b"note=a%20gift&amount=10", &[]),
+    /// );
+    /// ```
     pub fn of_request(headers: &HeaderMap, body: &[u8], exclude: &[&str]) -> Self {
-        if is_json(headers)
-            && let Some(fingerprint) = Self::of_json_bytes(body, exclude)
-        {
-            return fingerprint;
+        if is_json(headers) {
+            if let Some(fingerprint) = Self::of_json_bytes(body, exclude) {
+                return fingerprint;
+            }
+        } else if let Some(kind) = content_type(headers) {
+            if kind.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+                if let Ok(form) = std::str::from_utf8(body) {
+                    return Self::of_form(form, exclude);
+                }
+            } else if kind.eq_ignore_ascii_case("multipart/form-data")
+                && let Some(boundary) = boundary(headers)
+            {
+                return Self::of_multipart(body, boundary.as_bytes());
+            }
         }
         Self::of_bytes(body)
+    }
+
+    /// A form's parameters, percent-decoded and sorted by name, those named by a
+    /// one-segment pointer in `exclude` left out.
+    fn of_form(form: &str, exclude: &[&str]) -> Self {
+        let excluded = |name: &[u8]| {
+            exclude.iter().any(|pointer| {
+                pointer.strip_prefix('/').is_some_and(|segment| {
+                    !segment.contains('/')
+                        && segment.replace("~1", "/").replace("~0", "~").as_bytes() == name
+                })
+            })
+        };
+        let mut parameters: Vec<_> = crate::key::query_parameters(form)
+            .filter(|(name, _)| !excluded(name))
+            .collect();
+        parameters.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut hasher = Sha256::new().chain_update(b"form\0");
+        for (name, value) in &parameters {
+            for part in [name, value] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+        }
+        Self(hasher.finalize().into())
+    }
+
+    /// A multipart body with every occurrence of its `boundary` left out.
+    fn of_multipart(body: &[u8], boundary: &[u8]) -> Self {
+        let mut hasher = Sha256::new().chain_update(b"multipart\0");
+        let mut rest = body;
+        loop {
+            let found = rest
+                .windows(boundary.len())
+                .position(|window| window == boundary);
+            let end = found.unwrap_or(rest.len());
+            hasher.update((end as u64).to_be_bytes());
+            hasher.update(&rest[..end]);
+            match found {
+                Some(at) => rest = &rest[at + boundary.len()..],
+                None => break,
+            }
+        }
+        Self(hasher.finalize().into())
     }
 }
 
@@ -162,6 +240,27 @@ impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fingerprint({self})")
     }
+}
+
+/// The media type of the request's `Content-Type`, without its parameters.
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or("").trim())
+}
+
+/// The `boundary` parameter of a multipart `Content-Type`, unquoted; `None` when it is
+/// missing or empty. (RFC 2046 boundaries contain no `"` or `\`, so no escapes.)
+fn boundary(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').skip(1).find_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        (name.trim().eq_ignore_ascii_case("boundary") && !value.is_empty()).then_some(value)
+    })
 }
 
 /// Whether the request's `Content-Type` is JSON (`application/json` or `*/*+json`).
@@ -637,6 +736,72 @@ mod tests {
         assert_eq!(
             Fingerprint::of_request(&json, b"{oops", &[]),
             Fingerprint::of_bytes(b"{oops")
+        );
+    }
+
+    fn with_content_type(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_form_is_its_sorted_decoded_parameters() {
+        let form = with_content_type("application/x-www-form-urlencoded; charset=utf-8");
+        let of = |body: &str| Fingerprint::of_request(&form, body.as_bytes(), &[]);
+        let original = of("amount=10&note=a+gift&tag=x&tag=y");
+        assert_eq!(original, of("note=a%20gift&tag=x&amount=10&tag=y"));
+        assert_eq!(original, of("tag=x&tag=y&note=a%20gift&amount=%31%30"));
+        // Values, and the order of one name's values, still count.
+        assert_ne!(original, of("amount=11&note=a+gift&tag=x&tag=y"));
+        assert_ne!(original, of("amount=10&note=a+gift&tag=y&tag=x"));
+        assert_ne!(original, of("amount=10&note=a+gift&tag=xtag=y"));
+        assert_ne!(of("a=1"), Fingerprint::of_bytes(b"a=1"));
+        // A one-segment pointer names a parameter; others name nothing in a form.
+        let without =
+            |body: &str, exclude: &[&str]| Fingerprint::of_request(&form, body.as_bytes(), exclude);
+        assert_eq!(
+            without("amount=10&sent_at=1", &["/sent_at"]),
+            without("sent_at=2&amount=10", &["/sent_at"]),
+        );
+        assert_ne!(
+            without("amount=10&sent_at=1", &["/x/sent_at"]),
+            without("amount=10&sent_at=2", &["/x/sent_at"]),
+        );
+        // Not UTF-8: hashed as bytes, no panic.
+        assert_eq!(
+            Fingerprint::of_request(&form, b"a=\xff", &[]),
+            Fingerprint::of_bytes(b"a=\xff")
+        );
+    }
+
+    #[test]
+    fn a_multipart_body_is_hashed_without_its_boundary() {
+        let body = |boundary: &str, amount: &str| {
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n{amount}\r\n\
+                 --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\
+                 Content-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n"
+            )
+        };
+        let of = |boundary: &str, amount: &str| {
+            let headers = with_content_type(&format!("multipart/form-data; boundary={boundary}"));
+            Fingerprint::of_request(&headers, body(boundary, amount).as_bytes(), &[])
+        };
+        let original = of("8c1fd3a0b2e4", "10");
+        assert_eq!(original, of("X-BOUNDARY-77", "10"));
+        let quoted = with_content_type("Multipart/Form-Data; charset=utf-8; Boundary=\"q 1\"");
+        assert_eq!(
+            original,
+            Fingerprint::of_request(&quoted, body("q 1", "10").as_bytes(), &[])
+        );
+        assert_ne!(original, of("8c1fd3a0b2e4", "11"));
+        // Without a boundary parameter: hashed as bytes.
+        let bare = with_content_type("multipart/form-data");
+        let bytes = body("b", "10");
+        assert_eq!(
+            Fingerprint::of_request(&bare, bytes.as_bytes(), &[]),
+            Fingerprint::of_bytes(bytes.as_bytes())
         );
     }
 }
