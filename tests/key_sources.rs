@@ -219,6 +219,13 @@ async fn a_json_key_that_is_missing_or_unusable() {
     let (status, _, _) = send(&app, "/json", &[JSON], "not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // No body is no key, not a malformed one: it passes, unless the key is required.
+    let (status, replayed, body) = send(&app, "/json-raw", &[], "").await;
+    assert_eq!((status, replayed), (StatusCode::OK, false), "{body}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let (status, _, body) = send(&app, "/json-required", &[JSON], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("missing-key"), "{body}");
 }
 
 #[tokio::test]
