@@ -134,6 +134,7 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     valid::check_signature(&func, &mut errors);
     if let Some(args) = &args {
         valid::check_args(args, &mut errors);
+        valid::check_body_source(args, &func, &mut errors);
     }
     match (args, errors.finish()) {
         (Some(args), None) => expand(&args, func),

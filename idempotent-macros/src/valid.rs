@@ -60,6 +60,36 @@ pub(crate) fn check_args(args: &Args, errors: &mut Errors) {
     }
 }
 
+/// Body extractors for bodies that are not JSON: a key in a JSON field is never there.
+const NOT_JSON: &[&str] = &["Form", "RawForm", "Multipart"];
+
+/// Arguments that read the body in a way the handler's body extractor rules out.
+pub(crate) fn check_body_source(args: &Args, func: &ItemFn, errors: &mut Errors) {
+    let Some(last) = arg_types(func).last().and_then(|ty| body_extractor(ty)) else {
+        return;
+    };
+    if let Some(key) = &args.key
+        && matches!(key.value, KeyArg::Json(_))
+        && NOT_JSON.contains(&last.as_str())
+    {
+        errors.error(
+            key.span,
+            format!(
+                "`key = json(..)` reads the key from a JSON body, but this handler takes its body as `{last}`, so every keyed request would get 400\nread the key from a header (`key = header`) or a query parameter (`key = query(\"name\")`)"
+            ),
+        );
+    }
+    if let Some(fp) = &args.fingerprint
+        && matches!(fp.value, FingerprintArg::Exclude(_))
+        && last == "Multipart"
+    {
+        errors.error(
+            fp.span,
+            "`exclude` leaves out fields of a JSON body or a form, and this handler takes a multipart body, so nothing would be left out\nremove `exclude`, or use `fingerprint = none` if the body changes between retries",
+        );
+    }
+}
+
 /// What axum and the protocol need from the handler's signature.
 pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
     let sig = &func.sig;
