@@ -21,6 +21,7 @@ mod store;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use idempotent_runtime::Idempotency;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -56,7 +57,14 @@ async fn main() -> ExitCode {
 async fn serve(options: cli::Options) -> Result<(), String> {
     // Every process given the same store serves the same keys.
     let store = options.store.open("idempotent_orders").await?;
-    let idempotency = store.idempotency.clone().with_lease(options.lease);
+    // A lease must outlast three store timeouts (the claim's answer, then two tries of
+    // a renewal), so a short lease for a demonstration shortens the timeout with it.
+    let store_timeout = Idempotency::DEFAULT_STORE_TIMEOUT.min(options.lease / 3);
+    let idempotency = store
+        .idempotency
+        .clone()
+        .with_lease(options.lease)
+        .with_store_timeout(store_timeout);
     let orders = app::Orders::new(options.work);
     let router = app::router(orders.clone(), idempotency.clone());
 

@@ -9,6 +9,16 @@
 //! [`IdempotencyKey`] extension. [`RetryInFlight`] makes `reqwest-retry` wait out a `409`
 //! that says the first attempt is still running, instead of giving up.
 //!
+//! The key belongs to the request builder, so mind two ways of sending:
+//!
+//! - `RequestBuilder::try_clone` copies the key with everything else. A builder cloned as
+//!   a template for several operations sends one key for all of them (different bodies
+//!   then get `422`, equal ones the first answer): start each operation from the client.
+//! - `client.execute(request)` of a request made with `build()` starts without the
+//!   builder's extensions, so each call picks a new key (shared by the retry
+//!   middleware's attempts within that call). A retry loop of your own around `execute`
+//!   must set the key itself, in the `Idempotency-Key` header of the request.
+//!
 //! The key goes in the `Idempotency-Key` header, where `#[idempotent]` reads it by
 //! default; for an endpoint that reads it elsewhere (`key = header("X-Request-Id")`,
 //! `key = query(..)`), set it there yourself. The retry policy decides when to try again,

@@ -8,7 +8,8 @@
 //!
 //! - `scope = header("Authorization")`: the SHA-256 of a request header. Right when the
 //!   header itself identifies the caller (an API key, a tenant id set by a trusted
-//!   gateway). A bearer token that is rotated gives a new scope after the rotation.
+//!   gateway). A bearer token that is refreshed gives a new scope: a retry sent with the
+//!   new token after a lost response runs the handler again. Use an extractor for those.
 //! - `scope = AuthUser`: an extractor of your own, the one your handlers already use to
 //!   authenticate, implementing [`Scope`]. Right when the identity comes from a session,
 //!   a verified JWT or a database lookup.
