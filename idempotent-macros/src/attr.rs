@@ -9,7 +9,7 @@ use std::time::Duration;
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
-use syn::parse::ParseStream;
+use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
 use syn::{Ident, LitStr, Token, parenthesized};
@@ -356,17 +356,46 @@ fn quoted(meta: &ParseNestedMeta<'_>) -> syn::Result<Option<LitStr>> {
 /// The strings of `ident("a", "b")`, with the span of the parentheses.
 type CallArgs = Option<(Span, Vec<LitStr>)>;
 
-/// Reads `= ident` or `= ident("string", ...)`; returns the ident and the strings.
-fn call(meta: &ParseNestedMeta<'_>) -> syn::Result<(Ident, CallArgs)> {
+/// Reads `= ident` or `= ident("string", ...)`; returns the ident and the strings, or
+/// `None` when the value has another shape, which is reported with `expected`, the
+/// shapes `name` takes.
+fn call(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    expected: &str,
+    errors: &mut Errors,
+) -> syn::Result<Option<(Ident, CallArgs)>> {
     meta.input.parse::<Token![=]>()?;
-    let ident = meta.input.call(Ident::parse_any)?;
+    let Ok(ident) = meta.input.call(Ident::parse_any) else {
+        errors.error(
+            meta.input.span(),
+            format!("`{name}` takes a word here\n{expected}"),
+        );
+        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+            meta.input.parse::<proc_macro2::TokenTree>()?;
+        }
+        return Ok(None);
+    };
     if !meta.input.peek(syn::token::Paren) {
-        return Ok((ident, None));
+        return Ok(Some((ident, None)));
     }
     let content;
     let paren = parenthesized!(content in meta.input);
-    let args = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
-    Ok((ident, Some((paren.span.join(), args.into_iter().collect()))))
+    let tokens: proc_macro2::TokenStream = content.parse()?;
+    match Punctuated::<LitStr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
+        Ok(args) => Ok(Some((
+            ident,
+            Some((paren.span.join(), args.into_iter().collect())),
+        ))),
+        Err(_) => {
+            let written = tokens.to_string().replace(' ', "");
+            errors.error(
+                paren.span.join(),
+                format!("`{ident}` takes quoted strings; did you mean `{ident}(\"{written}\")`?"),
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// One string argument: `name("value")`.
@@ -390,6 +419,9 @@ fn single(ident: &Ident, args: CallArgs, example: &str, errors: &mut Errors) -> 
     }
 }
 
+const KEY_EXPECTED: &str =
+    "expected `header`, `header(\"Name\")`, `query(\"name\")`, `json(\"/pointer\")` or `body`";
+
 fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<KeyArg>> {
     if !meta.input.peek(Token![=]) {
         errors.error(meta.path.span(), "`key` needs a source: `key = header`, `key = header(\"X-Request-Id\")`, `key = query(\"name\")`, `key = json(\"/pointer\")` or `key = body`");
@@ -411,7 +443,9 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
         );
         return Ok(None);
     }
-    let (ident, args) = call(meta)?;
+    let Some((ident, args)) = call(meta, "key", KEY_EXPECTED, errors)? else {
+        return Ok(None);
+    };
     let key = match ident.to_string().as_str() {
         "header" => match args {
             None => Some(KeyArg::Header("idempotency-key".into())),
@@ -443,7 +477,7 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
             };
             errors.error(
                 ident.span(),
-                format!("unknown key source `{other}`{hint}\nexpected `header`, `header(\"Name\")`, `query(\"name\")`, `json(\"/pointer\")` or `body`"),
+                format!("unknown key source `{other}`{hint}\n{KEY_EXPECTED}"),
             );
             None
         }
@@ -471,7 +505,9 @@ fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<
             && (fork.is_empty() || fork.peek(Token![,]) || fork.peek(syn::token::Paren))
     };
     if is_header {
-        let (ident, args) = call(meta)?;
+        let Some((ident, args)) = call(meta, "scope", EXPECTED, errors)? else {
+            return Ok(None);
+        };
         return Ok(single(&ident, args, "Authorization", errors)
             .and_then(|lit| header_name(&lit, errors))
             .map(ScopeArg::Header));
@@ -496,6 +532,8 @@ fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<
     Ok(None)
 }
 
+const FINGERPRINT_EXPECTED: &str = "expected `body`, `none` or `exclude(\"/pointer\", ...)`";
+
 fn fingerprint(
     meta: &ParseNestedMeta<'_>,
     errors: &mut Errors,
@@ -516,7 +554,9 @@ fn fingerprint(
         );
         return Ok(None);
     }
-    let (ident, args) = call(meta)?;
+    let Some((ident, args)) = call(meta, "fingerprint", FINGERPRINT_EXPECTED, errors)? else {
+        return Ok(None);
+    };
     Ok(match (ident.to_string().as_str(), args) {
         ("body", None) => Some(FingerprintArg::Body),
         ("none", None) => Some(FingerprintArg::None),
@@ -555,7 +595,7 @@ fn fingerprint(
             };
             errors.error(
                 ident.span(),
-                format!("unknown fingerprint `{other}`{hint}\nexpected `body`, `none` or `exclude(\"/pointer\", ...)`"),
+                format!("unknown fingerprint `{other}`{hint}\n{FINGERPRINT_EXPECTED}"),
             );
             None
         }
