@@ -141,6 +141,14 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
                 "`#[idempotent]` handlers cannot take `self`: axum calls a handler without a value to call it on\nmake it an associated function, and extract what `self` held, e.g. with `State(app): State<App>`",
             ),
             FnArg::Typed(typed) => {
+                for attr in &typed.attrs {
+                    if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
+                        errors.push(syn::Error::new_spanned(
+                            attr,
+                            "`#[idempotent]` handlers cannot have `#[cfg]` on an argument: the extractor is still run, and named, where the attribute cannot follow it\nput the `#[cfg]` on two versions of the handler instead",
+                        ));
+                    }
+                }
                 if let Some(span) = impl_trait_span(&typed.ty) {
                     errors.error(
                         span,

@@ -1,0 +1,9 @@
+use axum::http::HeaderMap;
+use idempotent_runtime::idempotent;
+
+#[idempotent]
+async fn create(#[cfg(debug_assertions)] _headers: HeaderMap, body: String) -> String {
+    body
+}
+
+fn main() {}
