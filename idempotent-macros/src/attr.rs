@@ -432,6 +432,7 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
         let value = lit.value();
         let fix = match value.as_str() {
             word if KEY_SOURCES.contains(&word) => format!("write `key = {word}`, without quotes"),
+            "" => "for the `Idempotency-Key` header, write `key = header`".to_owned(),
             pointer if pointer.starts_with('/') => {
                 format!("for a field of a JSON body, write `key = json(\"{pointer}\")`")
             }

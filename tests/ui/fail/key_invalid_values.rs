@@ -12,6 +12,9 @@ async fn quoted_word() {}
 #[idempotent(key = "/event/id")]
 async fn quoted_pointer() {}
 
+#[idempotent(key = "")]
+async fn quoted_nothing() {}
+
 #[idempotent(key = query(""))]
 async fn empty_query_name() {}
 
