@@ -177,8 +177,8 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
 /// `#[debug_handler]` rejects the wrapper as generic (and above, it calls the handler with
 /// the arguments the wrapper replaced); a second `#[idempotent]` would too.
 fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
-    for path in func.attrs.iter().flat_map(attribute_paths) {
-        let path = &path;
+    for attr in &func.attrs {
+        let path = attr.path();
         let Some(last) = path.segments.last() else {
             continue;
         };
@@ -203,26 +203,6 @@ fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
             );
         }
     }
-}
-
-/// The path of an attribute, or those of the attributes in a `cfg_attr(predicate, ..)`
-/// (`#[cfg_attr(debug_assertions, axum::debug_handler)]`).
-fn attribute_paths(attr: &syn::Attribute) -> Vec<syn::Path> {
-    if !attr.path().is_ident("cfg_attr") {
-        return vec![attr.path().clone()];
-    }
-    let inner = attr.parse_args_with(
-        syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
-    );
-    inner
-        .map(|metas| {
-            metas
-                .into_iter()
-                .skip(1)
-                .map(|meta| meta.path().clone())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Only the last argument may consume the body (`Json`, `String`, `Bytes`, ...): axum
