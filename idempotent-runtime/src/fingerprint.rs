@@ -11,8 +11,9 @@
 //! - a form (`application/x-www-form-urlencoded`) is hashed as its parameters,
 //!   percent-decoded and sorted by name (values of one name keep their order), as the
 //!   query string is: `a=1&b=x+y` and `b=x%20y&a=1` are the same request;
-//! - a `multipart/form-data` body is hashed without its boundary, which clients draw at
-//!   random for each form they build: the parts, their headers and their order count.
+//! - a `multipart/form-data` body is hashed without the delimiters between its parts,
+//!   made of a boundary that clients draw at random for each form they build: the
+//!   parts, their headers and their order count.
 //!
 //! Any other body, and a JSON body that does not parse, is hashed byte for byte. An
 //! `#[idempotent]` endpoint folds the request's query parameters into this digest too.
@@ -182,19 +183,24 @@ impl Fingerprint {
         Self(hasher.finalize().into())
     }
 
-    /// A multipart body with every occurrence of its `boundary` left out.
+    /// A multipart body with its delimiters (`--boundary`, at the start of the body or
+    /// after a line break) left out: the parts between them, in order. A part's content
+    /// cannot hold a delimiter (RFC 2046), so different parts never hash the same.
     fn of_multipart(body: &[u8], boundary: &[u8]) -> Self {
         let mut hasher = Sha256::new().chain_update(b"multipart\0");
-        let mut rest = body;
+        let delimiter = [b"\r\n--", boundary].concat();
+        let mut rest = body.strip_prefix(&delimiter[2..]).map_or(body, |after| {
+            hasher.update(b"\0");
+            after
+        });
+        let finder = memchr::memmem::Finder::new(&delimiter);
         loop {
-            let found = rest
-                .windows(boundary.len())
-                .position(|window| window == boundary);
+            let found = finder.find(rest);
             let end = found.unwrap_or(rest.len());
             hasher.update((end as u64).to_be_bytes());
             hasher.update(&rest[..end]);
             match found {
-                Some(at) => rest = &rest[at + boundary.len()..],
+                Some(at) => rest = &rest[at + delimiter.len()..],
                 None => break,
             }
         }
@@ -796,6 +802,8 @@ mod tests {
             Fingerprint::of_request(&quoted, body("q 1", "10").as_bytes(), &[])
         );
         assert_ne!(original, of("8c1fd3a0b2e4", "11"));
+        // Only delimiters go: the boundary's text inside a value stays.
+        assert_ne!(of("QQ", "1QQ0"), of("ZZ", "1ZZ0"));
         // Without a boundary parameter: hashed as bytes.
         let bare = with_content_type("multipart/form-data");
         let bytes = body("b", "10");
