@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::types::PgInterval;
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Claim, FencingToken, LONGEST, Record, Store, StoreError};
+use crate::protocol::short;
 use crate::{Fingerprint, StoredResponse};
 
 const TARGET: &str = "idempotent";
@@ -488,6 +489,7 @@ impl PostgresStore {
     /// snapshot could not show the row that stopped the insert.
     async fn claim_once(
         &self,
+        conn: &mut PgConnection,
         key: &str,
         fingerprint: &Fingerprint,
         lease: PgInterval,
@@ -498,8 +500,22 @@ impl PostgresStore {
             .bind(fingerprint.as_bytes().as_slice())
             .bind(lease)
             .bind(token)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await
+    }
+
+    /// Deletes a claim whose statement failed without an answer, if it was granted.
+    async fn take_back(&self, key: &str, token: i64) {
+        match Store::release(self, key, FencingToken(token as u64)).await {
+            Ok(true) => {
+                tracing::warn!(target: TARGET, key = short(key), "a claim whose answer was lost was taken back");
+            }
+            // Never granted, or not committed yet.
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(target: TARGET, key = short(key), error = %err, "a claim whose answer was lost could not be taken back; if it was granted, its key waits for its lease");
+            }
+        }
     }
 
     /// Runs a renew, complete or release statement; `true` if it changed the owner's row.
@@ -526,16 +542,13 @@ fn token_param(token: FencingToken) -> Option<i64> {
     i64::try_from(token.0).ok()
 }
 
-/// Whether a statement that failed may still have run and committed: its connection
-/// failed with no answer, as opposed to an error answer (which, outside a transaction,
-/// means nothing was committed) or no connection at all.
+/// Whether a statement that failed on a connection it had may still have run and
+/// committed: the connection failed with no answer, as opposed to an error answer
+/// (which, outside a transaction, means nothing was committed).
 fn may_have_run(err: &sqlx::Error) -> bool {
     matches!(
         err,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
     )
 }
 
@@ -558,8 +571,17 @@ impl Store for PostgresStore {
     ) -> Result<Claim, StoreError> {
         let lease = interval(lease);
         let token = new_token();
+        // Taken apart from the statement: failing to get a connection sends nothing.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error("claim", e))?;
         for _ in 0..CLAIM_ATTEMPTS {
-            match self.claim_once(key, &fingerprint, lease, token).await {
+            match self
+                .claim_once(&mut conn, key, &fingerprint, lease, token)
+                .await
+            {
                 Ok(Some(row)) => return decode_claim(key, &row, token),
                 // A concurrent claimant committed between this statement's snapshot and
                 // its insert: the row exists, but the snapshot cannot show it. The next
@@ -572,7 +594,8 @@ impl Store for PostgresStore {
                         // nobody to complete it, and retries would get 409 until its
                         // lease lapsed. Take it back by its token, over another
                         // connection; a key this claim did not get is left alone.
-                        let _ = Store::release(self, key, FencingToken(token as u64)).await;
+                        drop(conn);
+                        self.take_back(key, token).await;
                     }
                     return Err(db_error("claim", err));
                 }
