@@ -142,7 +142,7 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
             ),
             FnArg::Typed(typed) => {
                 for attr in &typed.attrs {
-                    if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
+                    if removes_argument(attr) {
                         errors.push(syn::Error::new_spanned(
                             attr,
                             "`#[idempotent]` handlers cannot have `#[cfg]` on an argument: the extractor is still run, and named, where the attribute cannot follow it\nput the `#[cfg]` on two versions of the handler instead",
@@ -203,6 +203,26 @@ fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
             );
         }
     }
+}
+
+/// Whether an argument's attribute can compile the argument out: `#[cfg(..)]`, or a
+/// `#[cfg_attr(.., cfg(..))]`. Others (`#[cfg_attr(test, allow(unused))]`) are kept on
+/// the argument's binding.
+fn removes_argument(attr: &syn::Attribute) -> bool {
+    if attr.path().is_ident("cfg") {
+        return true;
+    }
+    attr.path().is_ident("cfg_attr")
+        && attr
+            .parse_args_with(
+                syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+            )
+            .map_or(true, |metas| {
+                metas
+                    .iter()
+                    .skip(1)
+                    .any(|meta| meta.path().is_ident("cfg") || meta.path().is_ident("cfg_attr"))
+            })
 }
 
 /// Only the last argument may consume the body (`Json`, `String`, `Bytes`, ...): axum

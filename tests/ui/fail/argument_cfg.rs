@@ -6,4 +6,12 @@ async fn create(#[cfg(debug_assertions)] _headers: HeaderMap, body: String) -> S
     body
 }
 
+#[idempotent]
+async fn update(
+    #[cfg_attr(debug_assertions, cfg(any()))] _headers: HeaderMap,
+    body: String,
+) -> String {
+    body
+}
+
 fn main() {}
