@@ -376,26 +376,37 @@ fn call(
         }
         return Ok(None);
     };
-    if !meta.input.peek(syn::token::Paren) {
-        return Ok(Some((ident, None)));
-    }
-    let content;
-    let paren = parenthesized!(content in meta.input);
-    let tokens: proc_macro2::TokenStream = content.parse()?;
-    match Punctuated::<LitStr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
-        Ok(args) => Ok(Some((
-            ident,
-            Some((paren.span.join(), args.into_iter().collect())),
-        ))),
-        Err(_) => {
-            let written = tokens.to_string().replace(' ', "");
-            errors.error(
-                paren.span.join(),
-                format!("`{ident}` takes quoted strings; did you mean `{ident}(\"{written}\")`?"),
-            );
-            Ok(None)
+    let mut args = None;
+    if meta.input.peek(syn::token::Paren) {
+        let content;
+        let paren = parenthesized!(content in meta.input);
+        let tokens: proc_macro2::TokenStream = content.parse()?;
+        match Punctuated::<LitStr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
+            Ok(lits) => args = Some((paren.span.join(), lits.into_iter().collect())),
+            Err(_) => {
+                let written = tokens.to_string().replace(' ', "");
+                errors.error(
+                    paren.span.join(),
+                    format!(
+                        "`{ident}` takes quoted strings; did you mean `{ident}(\"{written}\")`?"
+                    ),
+                );
+                return Ok(None);
+            }
         }
     }
+    // `header "X-Request-Id"`, `json["/id"]`: something where the argument list goes on.
+    if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+        errors.error(
+            meta.input.span(),
+            format!("unexpected here: write the strings in parentheses, like `{ident}(\"..\")`\n{expected}"),
+        );
+        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+            meta.input.parse::<proc_macro2::TokenTree>()?;
+        }
+        return Ok(None);
+    }
+    Ok(Some((ident, args)))
 }
 
 /// One string argument: `name("value")`.
@@ -618,9 +629,28 @@ fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<
         Ok(syn::Lit::Str(lit)) => lit,
         // `2xx` is an integer with the suffix `xx`, `409` one without.
         Ok(syn::Lit::Int(int)) => {
+            // `store = 2xx,4xx`: the list goes on with more integers.
+            let mut written = vec![int.to_string()];
+            loop {
+                let fork = meta.input.fork();
+                let next = fork
+                    .parse::<Token![,]>()
+                    .and_then(|_| fork.parse::<syn::LitInt>());
+                match next {
+                    Ok(more) if fork.is_empty() || fork.peek(Token![,]) => {
+                        meta.input.parse::<Token![,]>()?;
+                        meta.input.parse::<syn::LitInt>()?;
+                        written.push(more.to_string());
+                    }
+                    _ => break,
+                }
+            }
             errors.error(
                 int.span(),
-                format!("`store` takes a string; did you mean `store = \"{int}\"`?"),
+                format!(
+                    "`store` takes a string; did you mean `store = \"{}\"`?",
+                    written.join(",")
+                ),
             );
             return Ok(None);
         }
