@@ -80,6 +80,20 @@ pub(crate) fn check_body_source(args: &Args, func: &ItemFn, errors: &mut Errors)
         );
     }
     if let Some(fp) = &args.fingerprint
+        && let FingerprintArg::Exclude(pointers) = &fp.value
+        && (last == "Form" || last == "RawForm")
+        && let Some(nested) = pointers
+            .iter()
+            .find(|p| p.get(1..).is_some_and(|rest| rest.contains('/')))
+    {
+        errors.error(
+            fp.span,
+            format!(
+                "`{nested}` names a nested field, but this handler takes a form, whose fields are flat, so nothing would be left out\nname the form field, like `exclude(\"/sent_at\")`"
+            ),
+        );
+    }
+    if let Some(fp) = &args.fingerprint
         && matches!(fp.value, FingerprintArg::Exclude(_))
         && last == "Multipart"
     {

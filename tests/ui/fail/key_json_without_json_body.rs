@@ -22,4 +22,9 @@ async fn upload(mut multipart: Multipart) -> String {
     String::new()
 }
 
+#[idempotent(fingerprint = exclude("/meta/sent_at"))]
+async fn pay_nested(Form(payment): Form<Payment>) -> String {
+    payment.amount.to_string()
+}
+
 fn main() {}
