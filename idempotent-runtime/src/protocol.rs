@@ -36,6 +36,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::fingerprint;
 use crate::key::{self, KeyError, KeySource};
 use crate::policy::StatusPolicy;
 use crate::problem::{Problem, ProblemKind};
@@ -442,15 +443,9 @@ fn with_query(body: Fingerprint, query: Option<&str>, key_parameter: Option<&str
     if parameters.is_empty() {
         return body;
     }
-    parameters.sort_by(|a, b| a.0.cmp(&b.0));
     let mut hasher = Sha256::new();
     hasher.update(b"query\0");
-    for (name, value) in &parameters {
-        for part in [name, value] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-    }
+    fingerprint::hash_parameters(&mut hasher, &mut parameters);
     hasher.update(body.as_bytes());
     Fingerprint::from_bytes(hasher.finalize().into())
 }
