@@ -206,13 +206,34 @@ impl Args {
     }
 }
 
+/// Consumes the tokens up to the next argument.
+fn skip_to_comma(input: ParseStream<'_>) -> syn::Result<()> {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        input.parse::<proc_macro2::TokenTree>()?;
+    }
+    Ok(())
+}
+
+/// Whether `= value` follows the argument; when it does not, reports `missing` at the
+/// argument and skips what follows it instead.
+fn has_value(
+    meta: &ParseNestedMeta<'_>,
+    errors: &mut Errors,
+    missing: impl std::fmt::Display,
+) -> syn::Result<bool> {
+    if meta.input.peek(Token![=]) {
+        return Ok(true);
+    }
+    errors.error(meta.path.span(), missing);
+    skip_value(meta)?;
+    Ok(false)
+}
+
 /// Consumes `= value` or `(...)` after an argument we are not going to use.
 fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     if meta.input.peek(Token![=]) {
         meta.input.parse::<Token![=]>()?;
-        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
-            meta.input.parse::<proc_macro2::TokenTree>()?;
-        }
+        skip_to_comma(meta.input)?;
     } else if meta.input.peek(syn::token::Paren) {
         meta.input.parse::<proc_macro2::Group>()?;
     }
@@ -226,12 +247,11 @@ fn duration(
     errors: &mut Errors,
 ) -> syn::Result<Option<Duration>> {
     let example = if name == "ttl" { "24h" } else { "30s" };
-    if !meta.input.peek(Token![=]) {
-        errors.error(
-            meta.path.span(),
-            format!("`{name}` needs a value: `{name} = \"{example}\"`"),
-        );
-        skip_value(meta)?;
+    if !has_value(
+        meta,
+        errors,
+        format!("`{name}` needs a value: `{name} = \"{example}\"`"),
+    )? {
         return Ok(None);
     }
     meta.input.parse::<Token![=]>()?;
@@ -371,9 +391,7 @@ fn call(
             meta.input.span(),
             format!("`{name}` takes a word here\n{expected}"),
         );
-        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
-            meta.input.parse::<proc_macro2::TokenTree>()?;
-        }
+        skip_to_comma(meta.input)?;
         return Ok(None);
     };
     let mut args = None;
@@ -401,9 +419,7 @@ fn call(
             meta.input.span(),
             format!("unexpected here: write the strings in parentheses, like `{ident}(\"..\")`\n{expected}"),
         );
-        while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
-            meta.input.parse::<proc_macro2::TokenTree>()?;
-        }
+        skip_to_comma(meta.input)?;
         return Ok(None);
     }
     Ok(Some((ident, args)))
@@ -434,9 +450,11 @@ const KEY_EXPECTED: &str =
     "expected `header`, `header(\"Name\")`, `query(\"name\")`, `json(\"/pointer\")` or `body`";
 
 fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<KeyArg>> {
-    if !meta.input.peek(Token![=]) {
-        errors.error(meta.path.span(), "`key` needs a source: `key = header`, `key = header(\"X-Request-Id\")`, `key = query(\"name\")`, `key = json(\"/pointer\")` or `key = body`");
-        skip_value(meta)?;
+    if !has_value(
+        meta,
+        errors,
+        "`key` needs a source: `key = header`, `key = header(\"X-Request-Id\")`, `key = query(\"name\")`, `key = json(\"/pointer\")` or `key = body`",
+    )? {
         return Ok(None);
     }
     if let Some(lit) = quoted(meta)? {
@@ -499,12 +517,7 @@ fn key_source(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Op
 
 fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<ScopeArg>> {
     const EXPECTED: &str = "write `scope = header(\"Authorization\")` to scope by a request header, or `scope = AuthUser` to scope by an extractor that implements `idempotent_runtime::Scope`";
-    if !meta.input.peek(Token![=]) {
-        errors.error(
-            meta.path.span(),
-            format!("`scope` needs a source\n{EXPECTED}"),
-        );
-        skip_value(meta)?;
+    if !has_value(meta, errors, format!("`scope` needs a source\n{EXPECTED}"))? {
         return Ok(None);
     }
     // `header` or `header(..)`, but not a type path such as `header::Tenant`
@@ -538,9 +551,7 @@ fn scope(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<
         value_span,
         format!("`scope` takes a header or an extractor type\n{EXPECTED}"),
     );
-    while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
-        meta.input.parse::<proc_macro2::TokenTree>()?;
-    }
+    skip_to_comma(meta.input)?;
     Ok(None)
 }
 
@@ -550,9 +561,11 @@ fn fingerprint(
     meta: &ParseNestedMeta<'_>,
     errors: &mut Errors,
 ) -> syn::Result<Option<FingerprintArg>> {
-    if !meta.input.peek(Token![=]) {
-        errors.error(meta.path.span(), "`fingerprint` needs a value: `fingerprint = body`, `fingerprint = none` or `fingerprint = exclude(\"/pointer\")`");
-        skip_value(meta)?;
+    if !has_value(
+        meta,
+        errors,
+        "`fingerprint` needs a value: `fingerprint = body`, `fingerprint = none` or `fingerprint = exclude(\"/pointer\")`",
+    )? {
         return Ok(None);
     }
     if let Some(lit) = quoted(meta)? {
@@ -616,12 +629,11 @@ fn fingerprint(
 
 fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Option<StoreArg>> {
     const EXAMPLE: &str = "like `store = \"2xx,409\"`";
-    if !meta.input.peek(Token![=]) {
-        errors.error(
-            meta.path.span(),
-            format!("`store` needs the statuses to keep, {EXAMPLE}"),
-        );
-        skip_value(meta)?;
+    if !has_value(
+        meta,
+        errors,
+        format!("`store` needs the statuses to keep, {EXAMPLE}"),
+    )? {
         return Ok(None);
     }
     meta.input.parse::<Token![=]>()?;
@@ -660,9 +672,7 @@ fn store_policy(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<
                 format!("`store` takes a string of status classes and codes, {EXAMPLE}"),
             );
             if parsed.is_err() {
-                while !meta.input.is_empty() && !meta.input.peek(Token![,]) {
-                    meta.input.parse::<proc_macro2::TokenTree>()?;
-                }
+                skip_to_comma(meta.input)?;
             }
             return Ok(None);
         }
