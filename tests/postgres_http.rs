@@ -178,15 +178,11 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn each_protocol_step_is_one_statement_in_one_round_trip() {
-    // Counted on the wire, as the server receives them: the messages the store's pool
-    // sends through a forwarder to the real Postgres.
-    let schema = TestSchema::new();
-    let forwarder = Forwarder::to_database().await;
-    // One connection, not pinged before use, so every statement through the forwarder is
-    // the store's. (sqlx still pings it when it goes back to the pool, off the request's
-    // path; `round_trips` leaves those out.)
+/// A migrated store in `schema` over one connection through `forwarder`, not pinged before
+/// use, so every statement through the forwarder is the store's. (sqlx still pings it
+/// when it goes back to the pool, off the request's path; `round_trips` leaves those
+/// out.)
+async fn store_through(forwarder: &Forwarder, schema: &TestSchema) -> PostgresStore {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
@@ -195,6 +191,16 @@ async fn each_protocol_step_is_one_statement_in_one_round_trip() {
         .unwrap();
     let store = PostgresStore::new(pool).with_schema(schema.name()).unwrap();
     store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn each_protocol_step_is_one_statement_in_one_round_trip() {
+    // Counted on the wire, as the server receives them: the messages the store's pool
+    // sends through a forwarder to the real Postgres.
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    let store = store_through(&forwarder, &schema).await;
     let (app, runs) = app(Idempotency::new(store.clone()));
     let order = r#"{"item":"widget","qty":1}"#;
 
@@ -264,17 +270,9 @@ async fn a_claim_whose_answer_was_lost_does_not_hold_the_key() {
     // nobody owns and get 409 for a whole lease.
     let schema = TestSchema::new();
     let forwarder = Forwarder::to_database().await;
-    // One connection, not pinged before use: the muted statement is the claim itself.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(forwarder.connect_options().ssl_mode(PgSslMode::Disable))
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool.clone())
-        .with_schema(schema.name())
-        .unwrap();
-    store.migrate().await.unwrap();
+    // The muted statement is the claim itself.
+    let store = store_through(&forwarder, &schema).await;
+    let pool = store.pool().clone();
     let direct = store_in(schema.name()).await;
     // Long enough that only the lost connection, never the timeout, ends the claim.
     let idempotency = Idempotency::new(store).with_store_timeout(Duration::from_secs(30));
