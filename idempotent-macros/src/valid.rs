@@ -81,26 +81,23 @@ pub(crate) fn check_body_source(args: &Args, func: &ItemFn, errors: &mut Errors)
     }
     if let Some(fp) = &args.fingerprint
         && let FingerprintArg::Exclude(pointers) = &fp.value
-        && (last == "Form" || last == "RawForm")
-        && let Some(nested) = pointers
+    {
+        let nested = pointers
             .iter()
-            .find(|p| p.get(1..).is_some_and(|rest| rest.contains('/')))
-    {
-        errors.error(
-            fp.span,
-            format!(
-                "`{nested}` names a nested field, but this handler takes a form, whose fields are flat, so nothing would be left out\nname the form field, like `exclude(\"/sent_at\")`"
+            .find(|p| p.get(1..).is_some_and(|rest| rest.contains('/')));
+        match (last.as_str(), nested) {
+            ("Multipart", _) => errors.error(
+                fp.span,
+                "`exclude` leaves out fields of a JSON body or a form, and this handler takes a multipart body, so nothing would be left out\nremove `exclude`, or use `fingerprint = none` if the body changes between retries",
             ),
-        );
-    }
-    if let Some(fp) = &args.fingerprint
-        && matches!(fp.value, FingerprintArg::Exclude(_))
-        && last == "Multipart"
-    {
-        errors.error(
-            fp.span,
-            "`exclude` leaves out fields of a JSON body or a form, and this handler takes a multipart body, so nothing would be left out\nremove `exclude`, or use `fingerprint = none` if the body changes between retries",
-        );
+            ("Form" | "RawForm", Some(nested)) => errors.error(
+                fp.span,
+                format!(
+                    "`{nested}` names a nested field, but this handler takes a form, whose fields are flat, so nothing would be left out\nname the form field, like `exclude(\"/sent_at\")`"
+                ),
+            ),
+            _ => {}
+        }
     }
 }
 
