@@ -48,8 +48,8 @@
 //! `Ran` means the work ran, not always that its result was recorded: when the store
 //! keeps failing the completion (it is tried again for up to a third of the lease) or
 //! refuses it, that is logged, and a duplicate delivered once the lease has lapsed runs
-//! the work again. Make work whose second run would do harm
-//! check for its own effect too (a unique constraint on the refund, say).
+//! the work again. Make work whose second run would do harm check for its own effect
+//! too (a unique constraint on the refund, say).
 //!
 //! `Unreadable` means the work ran: a redelivery would only get the same error until the
 //! record expires, and then run the work a second time. It comes from a result type
