@@ -794,6 +794,27 @@ async fn a_store_that_fails_or_hangs_gets_503_and_runs_nothing() {
 }
 
 #[tokio::test]
+async fn a_full_memory_store_gets_503_for_new_keys_and_replays_the_rest() {
+    let (app, runs) = app_with(Idempotency::new(MemoryStore::new().with_max_entries(1)));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    let refused = send(&app, post_with("/create", "new", "x")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.problem_type(), "store-unavailable");
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(runs.get(), 1, "never execute without a claim");
+
+    let replay = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (StatusCode::CREATED, true)
+    );
+    assert_eq!(replay.body, first.body);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
 async fn durations_too_long_for_a_deadline_are_cut_not_a_panic() {
     let forever = |idempotency: Idempotency| {
         idempotency

@@ -6,6 +6,13 @@
 //! [`SWEEP_BATCH`] entries at a time), so memory is bounded by the live records, with no
 //! background task needed. [`MemoryStore::purge_expired`] sweeps everything at once.
 //!
+//! The live records are as many as the keys clients sent within a TTL, and nothing else
+//! bounds them: a client that sends a new key with every request makes the store grow
+//! until the TTL catches up. [`MemoryStore::with_max_entries`] puts a ceiling on it.
+//! A full store never evicts a live record, since a record dropped early is a handler
+//! run twice: it refuses claims of new keys, so the protocol answers `503` without
+//! running the handler, while retries of the keys it holds are still answered.
+//!
 //! Removals are scheduled in one queue per duration (a lease, an endpoint's TTL): entries
 //! given the same duration expire in the order they were given it, so scheduling is a
 //! push at the back and sweeping a pop at the front, however many records are held. The
@@ -25,7 +32,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::{Future, ready};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -72,6 +79,10 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     next_token: AtomicU64,
+    /// Entries held, expired ones not yet swept included.
+    entries: AtomicUsize,
+    /// The most `entries` may reach.
+    max_entries: AtomicUsize,
 }
 
 impl Default for Inner {
@@ -80,9 +91,30 @@ impl Default for Inner {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::default(),
             next_token: AtomicU64::new(1),
+            entries: AtomicUsize::new(0),
+            max_entries: AtomicUsize::new(usize::MAX),
         }
     }
 }
+
+impl Inner {
+    /// Counts one more entry, if the limit allows it.
+    fn admit(&self) -> bool {
+        let max = self.max_entries.load(Ordering::Relaxed);
+        self.entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn forget(&self, removed: usize) {
+        self.entries.fetch_sub(removed, Ordering::Relaxed);
+    }
+}
+
+/// A claim of a new key that the limit refused.
+struct Full;
 
 /// A key's hash, computed once per operation: it picks the shard and finds the entry.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -265,16 +297,52 @@ impl MemoryStore {
     /// assert_eq!(idempotent_runtime::MemoryStore::new().len(), 0);
     /// ```
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| lock(s).entries.len())
-            .sum()
+        self.inner.entries.load(Ordering::Relaxed)
     }
 
     /// Whether the store holds no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Holds at most `max` entries; by default there is no limit.
+    ///
+    /// Expired entries count until they are swept. When the store is full, a claim of a
+    /// new key first sweeps every expired entry and, if that frees nothing, fails with a
+    /// [`StoreError`]: the protocol answers `503` with `Retry-After` and does not run the
+    /// handler. Records are never evicted to make room, and keys the store holds are
+    /// still answered (a replay, a `409`, a `422`). The limit is shared by the clones of
+    /// the store. Size it from the rate of new keys times the longest TTL, with room to
+    /// spare: a record takes a few hundred bytes plus its response's body.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Claim, Fingerprint, MemoryStore, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new().with_max_entries(1);
+    /// let fp = Fingerprint::of_bytes(b"body");
+    /// let lease = Duration::from_secs(60);
+    /// assert!(matches!(store.claim("a", fp, lease).await, Ok(Claim::Acquired(_))));
+    /// assert!(matches!(store.claim("a", fp, lease).await, Ok(Claim::Existing(_))));
+    /// assert!(store.claim("b", fp, lease).await.is_err(), "full");
+    /// # }
+    /// ```
+    pub fn with_max_entries(self, max: usize) -> Self {
+        self.inner.max_entries.store(max, Ordering::Relaxed);
+        self
+    }
+
+    /// The most entries the store holds; `usize::MAX` when there is no limit.
+    ///
+    /// ```
+    /// use idempotent_runtime::MemoryStore;
+    /// assert_eq!(MemoryStore::new().max_entries(), usize::MAX);
+    /// assert_eq!(MemoryStore::new().with_max_entries(10).max_entries(), 10);
+    /// ```
+    pub fn max_entries(&self) -> usize {
+        self.inner.max_entries.load(Ordering::Relaxed)
     }
 
     /// Removes every expired entry now; returns how many went.
@@ -284,19 +352,67 @@ impl MemoryStore {
     /// ```
     pub fn purge_expired(&self) -> usize {
         let now = Instant::now();
-        self.inner
+        let removed = self
+            .inner
             .shards
             .iter()
             .map(|s| lock(s).sweep(now, usize::MAX))
-            .sum()
+            .sum();
+        self.inner.forget(removed);
+        removed
     }
 
     /// The shard holding `key`, its expired entries swept as of `now`, and the key's hash.
     fn shard(&self, key: &str, now: Instant) -> (MutexGuard<'_, Shard>, Hash) {
         let hash = Hash(self.inner.hasher.hash_one(key));
         let mut shard = lock(&self.inner.shards[hash.shard()]);
-        shard.sweep(now, SWEEP_BATCH);
+        let removed = shard.sweep(now, SWEEP_BATCH);
+        if removed > 0 {
+            self.inner.forget(removed);
+        }
         (shard, hash)
+    }
+
+    /// A claim, unless it is of a new key and the store is full.
+    fn try_claim(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<Claim, Full> {
+        let (mut shard, hash) = self.shard(key, now);
+        let slot = shard
+            .entries
+            .entry(hash.0, |e| *e.key == *key, |e| e.hash.0);
+        let fresh = |key: Arc<str>| Entry {
+            hash,
+            key,
+            fingerprint,
+            token: FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed)),
+            deadline: now + lease,
+            response: None,
+        };
+        let (token, key) = match slot {
+            Slot::Occupied(live) if live.get().deadline > now => {
+                return Ok(Claim::Existing(live.get().record(now)));
+            }
+            // Lapsed but not swept yet: taken over in place, its key allocation reused.
+            Slot::Occupied(mut lapsed) => {
+                let entry = lapsed.get_mut();
+                *entry = fresh(Arc::clone(&entry.key));
+                (entry.token, Arc::clone(&entry.key))
+            }
+            Slot::Vacant(vacant) => {
+                if !self.inner.admit() {
+                    return Err(Full);
+                }
+                let entry = vacant.insert(fresh(Arc::from(key))).into_mut();
+                (entry.token, Arc::clone(&entry.key))
+            }
+        };
+        shard.removals.schedule(now, lease, hash, key);
+        Ok(Claim::Acquired(token))
     }
 }
 
@@ -315,35 +431,19 @@ impl Store for MemoryStore {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         let lease = lease.min(LONGEST);
         let now = Instant::now();
-        let (mut shard, hash) = self.shard(key, now);
-        let slot = shard
-            .entries
-            .entry(hash.0, |e| *e.key == *key, |e| e.hash.0);
-        let fresh = |key: Arc<str>| Entry {
-            hash,
-            key,
-            fingerprint,
-            token: FencingToken(self.inner.next_token.fetch_add(1, Ordering::Relaxed)),
-            deadline: now + lease,
-            response: None,
-        };
-        let (token, key) = match slot {
-            Slot::Occupied(live) if live.get().deadline > now => {
-                return ready(Ok(Claim::Existing(live.get().record(now))));
-            }
-            // Lapsed but not swept yet: taken over in place, its key allocation reused.
-            Slot::Occupied(mut lapsed) => {
-                let entry = lapsed.get_mut();
-                *entry = fresh(Arc::clone(&entry.key));
-                (entry.token, Arc::clone(&entry.key))
-            }
-            Slot::Vacant(vacant) => {
-                let entry = vacant.insert(fresh(Arc::from(key))).into_mut();
-                (entry.token, Arc::clone(&entry.key))
-            }
-        };
-        shard.removals.schedule(now, lease, hash, key);
-        ready(Ok(Claim::Acquired(token)))
+        let claimed = self
+            .try_claim(key, fingerprint, lease, now)
+            .or_else(|Full| {
+                // Full: make room from what has expired, in every shard, then try again.
+                self.purge_expired();
+                self.try_claim(key, fingerprint, lease, now)
+            });
+        ready(claimed.map_err(|Full| {
+            StoreError::new(format!(
+                "the memory store is full: it holds its limit of {} entries, none of them expired, so no new key can be claimed",
+                self.max_entries()
+            ))
+        }))
     }
 
     fn renew(
@@ -387,6 +487,7 @@ impl Store for MemoryStore {
         let released = match owned {
             Ok(entry) if entry.get().owned_by(token, now) => {
                 entry.remove();
+                self.inner.forget(1);
                 true
             }
             _ => false,
@@ -519,5 +620,86 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(store.purge_expired(), 1);
         assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_refuses_new_keys_and_still_answers_the_ones_it_holds() {
+        let store = MemoryStore::new().with_max_entries(2);
+        let fp = Fingerprint::of_bytes(b"x");
+        let lease = Duration::from_secs(10);
+        let Claim::Acquired(a) = store.claim("a", fp, lease).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+        let response = StoredResponse::new(
+            http::StatusCode::CREATED,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"done"),
+        );
+        let day = Duration::from_secs(86_400);
+        assert!(store.complete("a", a, &response, day).await.unwrap());
+        let Claim::Acquired(b) = store.claim("b", fp, lease).await.unwrap() else {
+            panic!("a new key is acquired");
+        };
+
+        let err = store.claim("c", fp, lease).await.unwrap_err();
+        assert!(err.to_string().contains("limit of 2 entries"), "{err}");
+        assert_eq!(store.len(), 2, "a refused claim leaves nothing behind");
+        assert!(matches!(
+            store.claim("a", fp, lease).await.unwrap(),
+            Claim::Existing(Record::Completed { .. })
+        ));
+        assert!(matches!(
+            store.claim("b", fp, lease).await.unwrap(),
+            Claim::Existing(Record::InFlight { .. })
+        ));
+
+        // A release makes room at once.
+        assert!(store.release("b", b).await.unwrap());
+        assert!(matches!(
+            store.claim("c", fp, lease).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert!(store.claim("d", fp, lease).await.is_err());
+
+        // So does a lease that lapsed, though no operation has swept its shard yet.
+        tokio::time::advance(lease + Duration::from_secs(1)).await;
+        assert!(matches!(
+            store.claim("d", fp, lease).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert_eq!(store.len(), 2, "the completed record and the new claim");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_count_follows_every_way_an_entry_goes() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"x");
+        let second = Duration::from_secs(1);
+        let mut tokens = Vec::new();
+        for i in 0..300 {
+            if let Claim::Acquired(token) = store.claim(&format!("k{i}"), fp, second).await.unwrap()
+            {
+                tokens.push(token);
+            }
+        }
+        assert_eq!(store.len(), 300);
+        for (i, token) in tokens.iter().enumerate().take(100) {
+            assert!(store.release(&format!("k{i}"), *token).await.unwrap());
+        }
+        assert_eq!(store.len(), 200);
+        tokio::time::advance(2 * second).await;
+        // Swept a batch at a time by other operations, then the rest at once.
+        for i in 0..50 {
+            store.lookup(&format!("other{i}")).await.unwrap();
+        }
+        let left = store.len();
+        assert!(left < 200, "sweeping made no progress: {left}");
+        assert_eq!(store.purge_expired(), left);
+        assert_eq!(store.len(), 0);
+        // Taking over a lapsed entry in place counts it once.
+        store.claim("k", fp, second).await.unwrap();
+        tokio::time::advance(2 * second).await;
+        store.claim("k", fp, second).await.unwrap();
+        assert_eq!(store.len(), 1);
     }
 }
