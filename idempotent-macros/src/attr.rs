@@ -307,6 +307,14 @@ fn duration(
             );
             Ok(None)
         }
+        // Stores keep time in whole milliseconds (Redis `PX`, for one).
+        Ok(d) if d < Duration::from_millis(1) => {
+            errors.error(
+                lit.span(),
+                format!("`{name}` is shorter than a millisecond, the smallest duration a store keeps\nwrite a duration such as `{name} = \"{example}\"`"),
+            );
+            Ok(None)
+        }
         Ok(d) => Ok(Some(d)),
         Err(_) => {
             let trimmed = text.trim();

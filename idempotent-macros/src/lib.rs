@@ -24,8 +24,8 @@ use proc_macro::TokenStream;
 ///
 /// | argument | example | meaning |
 /// | --- | --- | --- |
-/// | `ttl` | `ttl = "24h"` | how long the response is kept (default: the app's, 24 h) |
-/// | `lease` | `lease = "30s"` | how long a crashed owner's claim blocks the key (default: the app's, 60 s) |
+/// | `ttl` | `ttl = "24h"` | how long the response is kept (default: the app's, 24 h; at least 1 ms) |
+/// | `lease` | `lease = "30s"` | how long a crashed owner's claim blocks the key (default: the app's, 60 s; at least 1 ms) |
 /// | `key` | `key = header`, `header("X-Request-Id")`, `query("k")`, `json("/event/id")`, `body` | where the key comes from (default: the `Idempotency-Key` header) |
 /// | `required` | `required` | a request without a key gets `400` instead of running unprotected |
 /// | `scope` | `scope = header("Authorization")`, `scope = Tenant` | the caller's identity, folded into the key: multi-tenant APIs must set it |
