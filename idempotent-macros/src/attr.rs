@@ -295,23 +295,22 @@ fn duration(
         }
     };
     match humantime::parse_duration(&text) {
-        Ok(d) if d.is_zero() => {
-            let what = if name == "ttl" {
-                "a response kept for no time would never be replayed"
+        // Stores keep time in whole milliseconds (Redis `PX`, for one).
+        Ok(d) if d < Duration::from_millis(1) => {
+            let problem = if !d.is_zero() {
+                format!(
+                    "`{name}` is shorter than a millisecond, the smallest duration a store keeps"
+                )
+            } else if name == "ttl" {
+                "`ttl` must be longer than zero: a response kept for no time would never be replayed".to_owned()
             } else {
-                "a claim that expires at once would protect nothing"
+                format!(
+                    "`{name}` must be longer than zero: a claim that expires at once would protect nothing"
+                )
             };
             errors.error(
                 lit.span(),
-                format!("`{name}` must be longer than zero: {what}\nwrite a duration such as `{name} = \"{example}\"`"),
-            );
-            Ok(None)
-        }
-        // Stores keep time in whole milliseconds (Redis `PX`, for one).
-        Ok(d) if d < Duration::from_millis(1) => {
-            errors.error(
-                lit.span(),
-                format!("`{name}` is shorter than a millisecond, the smallest duration a store keeps\nwrite a duration such as `{name} = \"{example}\"`"),
+                format!("{problem}\nwrite a duration such as `{name} = \"{example}\"`"),
             );
             Ok(None)
         }
