@@ -108,8 +108,11 @@ impl Inner {
             .is_ok()
     }
 
+    /// Counts `removed` entries fewer.
     fn forget(&self, removed: usize) {
-        self.entries.fetch_sub(removed, Ordering::Relaxed);
+        if removed > 0 {
+            self.entries.fetch_sub(removed, Ordering::Relaxed);
+        }
     }
 }
 
@@ -366,10 +369,7 @@ impl MemoryStore {
     fn shard(&self, key: &str, now: Instant) -> (MutexGuard<'_, Shard>, Hash) {
         let hash = Hash(self.inner.hasher.hash_one(key));
         let mut shard = lock(&self.inner.shards[hash.shard()]);
-        let removed = shard.sweep(now, SWEEP_BATCH);
-        if removed > 0 {
-            self.inner.forget(removed);
-        }
+        self.inner.forget(shard.sweep(now, SWEEP_BATCH));
         (shard, hash)
     }
 
@@ -511,6 +511,14 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    fn done(status: http::StatusCode) -> StoredResponse {
+        StoredResponse::new(
+            status,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"done"),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_entries_are_swept_without_a_background_task() {
         let store = MemoryStore::new();
@@ -575,11 +583,7 @@ mod tests {
             panic!("a lapsed claim is taken over");
         };
         assert_ne!(token, lapsed);
-        let response = StoredResponse::new(
-            http::StatusCode::OK,
-            http::HeaderMap::new(),
-            bytes::Bytes::from_static(b"done"),
-        );
+        let response = done(http::StatusCode::OK);
         let day = Duration::from_secs(86_400);
         assert!(!store.complete("k", lapsed, &response, day).await.unwrap());
         assert!(store.complete("k", token, &response, day).await.unwrap());
@@ -600,11 +604,7 @@ mod tests {
         else {
             panic!("a new key is acquired");
         };
-        let response = StoredResponse::new(
-            http::StatusCode::CREATED,
-            http::HeaderMap::new(),
-            bytes::Bytes::from_static(b"done"),
-        );
+        let response = done(http::StatusCode::CREATED);
         assert!(
             store
                 .complete("k", token, &response, Duration::from_secs(10))
@@ -630,11 +630,7 @@ mod tests {
         let Claim::Acquired(a) = store.claim("a", fp, lease).await.unwrap() else {
             panic!("a new key is acquired");
         };
-        let response = StoredResponse::new(
-            http::StatusCode::CREATED,
-            http::HeaderMap::new(),
-            bytes::Bytes::from_static(b"done"),
-        );
+        let response = done(http::StatusCode::CREATED);
         let day = Duration::from_secs(86_400);
         assert!(store.complete("a", a, &response, day).await.unwrap());
         let Claim::Acquired(b) = store.claim("b", fp, lease).await.unwrap() else {
