@@ -376,6 +376,27 @@ async fn the_same_key_with_another_body_is_422() {
     );
 }
 
+/// Numbers an `f64` cannot hold (amounts in wei, decimals of 18 digits) are told apart:
+/// another amount under the same key is a `422`, not the first amount's replay.
+#[tokio::test]
+async fn amounts_past_what_an_f64_holds_are_told_apart() {
+    let (app, runs) = app();
+    let first = r#"{"to":"0xab","wei":100000000000000000001}"#;
+    send(&app, json_post("/json", "w", first)).await;
+    let other = r#"{"to":"0xab","wei":100000000000000000002}"#;
+    let reused = send(&app, json_post("/json", "w", other)).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.problem_type(), "key-reused");
+    // The first amount, its fields in another order, still replays.
+    let reordered = r#"{ "wei": 100000000000000000001, "to": "0xab" }"#;
+    assert!(
+        send(&app, json_post("/json", "w", reordered))
+            .await
+            .replayed()
+    );
+    assert_eq!(runs.get(), 1);
+}
+
 #[tokio::test]
 async fn a_key_is_scoped_to_method_and_path() {
     let (app, runs) = app();

@@ -5,6 +5,11 @@
 //! canonical form: object keys sorted, no insignificant whitespace. So
 //! `{"a":1, "b":2}` and `{ "b": 2, "a": 1 }` are the same request, and a client library
 //! that re-serialises its payload between retries is not mistaken for a different one.
+//! Numbers count by value (`1.0`, `1.00` and `1e0` are the same; the integer `1` is
+//! not) where an `f64` holds the value exactly: an integer of 64 bits, or a decimal of
+//! at most 15 significant digits. Any other number counts by its digits as sent, so
+//! that amounts an `f64` would round alike (`100000000000000000001` and
+//! `100000000000000000002` wei) stay different requests.
 //! Two other kinds of body that clients rebuild differently for the same request are
 //! normalised too:
 //!
@@ -27,10 +32,12 @@
 //! assert_ne!(a, Fingerprint::of_bytes(br#"{"a":1,"b":[true,null]}"#));
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 
 use http::HeaderMap;
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest identifying a request.
@@ -82,7 +89,9 @@ impl Fingerprint {
         )
     }
 
-    /// The digest of a JSON value in canonical form (sorted keys, no whitespace).
+    /// The digest of a JSON value in canonical form (sorted keys, no whitespace). The
+    /// same as [`of_json_bytes`](Self::of_json_bytes) of the value's text, except for
+    /// the numbers a `Value` has already rounded.
     ///
     /// ```
     /// use idempotent_runtime::Fingerprint;
@@ -95,7 +104,7 @@ impl Fingerprint {
     /// ```
     pub fn of_json(value: &Value) -> Self {
         let mut canonical = Vec::with_capacity(128);
-        write_canonical(value, &mut canonical);
+        Node::from(value).write(&mut canonical);
         Self::of_canonical(&canonical)
     }
 
@@ -115,11 +124,13 @@ impl Fingerprint {
         if exclude.is_empty() && is_canonical(bytes) {
             return Some(Self::of_canonical(bytes));
         }
-        let mut value: Value = serde_json::from_slice(bytes).ok()?;
+        let mut document = Node::parse(bytes)?;
         for pointer in exclude {
-            remove_pointer(&mut value, pointer);
+            document.remove(pointer);
         }
-        Some(Self::of_json(&value))
+        let mut canonical = Vec::with_capacity(bytes.len());
+        document.write(&mut canonical);
+        Some(Self::of_canonical(&canonical))
     }
 
     /// The digest of a request body, by its `Content-Type`: canonical JSON when it is
@@ -301,24 +312,258 @@ fn is_json(media_type: &str) -> bool {
     essence.eq_ignore_ascii_case(b"application/json") || (starts("application/") && ends("+json"))
 }
 
-fn remove_pointer(value: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let last = unescape(last);
-    match value.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.remove(&last);
+/// A JSON document as its fingerprint sees it: a `serde_json::Value`, except that a
+/// number an `f64` cannot hold exactly keeps the digits it was sent with. Through a
+/// `Value`, `100000000000000000001` and `100000000000000000002` (or two decimals that
+/// differ past the 15th digit) read as the same `f64`, so a request with another amount
+/// would have been taken for the same one and answered with its replay.
+enum Node {
+    Null,
+    Bool(bool),
+    /// What the canonical form writes: the number as `serde_json` writes its value when
+    /// that value is exact, else `#` and the digits as sent, which no exact number
+    /// writes (JSON has no `#` outside strings).
+    Number(String),
+    String(String),
+    Array(Vec<Node>),
+    /// Sorted by the keys' UTF-8 bytes, each key once (the last of a repeated one, as in
+    /// a `Value`).
+    Object(Vec<(String, Node)>),
+}
+
+impl Node {
+    /// `None` if `bytes` is not one JSON document (nesting past `serde_json`'s limit
+    /// included).
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let numbers = Numbers {
+            bytes,
+            pos: Cell::new(0),
+        };
+        let mut reader = serde_json::Deserializer::from_slice(bytes);
+        let node = Read(&numbers).deserialize(&mut reader).ok()?;
+        reader.end().ok()?;
+        Some(node)
+    }
+
+    /// Leaves out what `pointer` names: an object's member is removed, an array's
+    /// element is blanked to `null` (removing it would move the ones after it, and
+    /// another excluded pointer into the same array would then name the wrong one).
+    fn remove(&mut self, pointer: &str) {
+        let Some((parent, last)) = pointer.rsplit_once('/') else {
+            return;
+        };
+        let last = unescape(last);
+        match self.find(parent) {
+            Some(Self::Object(members)) => members.retain(|(key, _)| *key != last),
+            Some(Self::Array(items)) => {
+                if let Some(item) = array_index(&last).and_then(|i| items.get_mut(i)) {
+                    *item = Self::Null;
+                }
+            }
+            _ => {}
         }
-        // An element is blanked rather than removed: removing it would move the ones
-        // after it, and another excluded pointer into the same array would then name
-        // the wrong one.
-        Some(Value::Array(items)) => {
-            if let Some(item) = array_index(&last).and_then(|i| items.get_mut(i)) {
-                *item = Value::Null;
+    }
+
+    /// What an RFC 6901 pointer names, as `serde_json::Value::pointer_mut` finds it.
+    fn find(&mut self, pointer: &str) -> Option<&mut Self> {
+        if pointer.is_empty() {
+            return Some(self);
+        }
+        pointer
+            .strip_prefix('/')?
+            .split('/')
+            .try_fold(self, |node, token| {
+                let token = unescape(token);
+                match node {
+                    Self::Object(members) => members
+                        .iter_mut()
+                        .find(|(key, _)| *key == token)
+                        .map(|(_, value)| value),
+                    Self::Array(items) => array_index(&token).and_then(|i| items.get_mut(i)),
+                    _ => None,
+                }
+            })
+    }
+
+    /// The canonical form: keys in order, no whitespace.
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Null => out.extend_from_slice(b"null"),
+            Self::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Self::Number(text) => out.extend_from_slice(text.as_bytes()),
+            Self::String(s) => write_string(s, out),
+            Self::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out);
+                }
+                out.push(b']');
+            }
+            Self::Object(members) => {
+                out.push(b'{');
+                for (i, (key, item)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(key, out);
+                    out.push(b':');
+                    item.write(out);
+                }
+                out.push(b'}');
             }
         }
-        _ => {}
+    }
+}
+
+/// The numbers of a document, in order, as its text spells them. `serde_json` reads a
+/// document front to back, so the next number it hands over is the next one here.
+struct Numbers<'a> {
+    bytes: &'a [u8],
+    pos: Cell<usize>,
+}
+
+impl Numbers<'_> {
+    /// The text of the next number, past strings (which may hold digits).
+    fn next(&self) -> Option<&str> {
+        let bytes = self.bytes;
+        let mut at = self.pos.get();
+        loop {
+            match *bytes.get(at)? {
+                b'"' => {
+                    at += 1;
+                    while *bytes.get(at)? != b'"' {
+                        at += if bytes[at] == b'\\' { 2 } else { 1 };
+                    }
+                    at += 1;
+                }
+                b'-' | b'0'..=b'9' => break,
+                _ => at += 1,
+            }
+        }
+        let len = bytes[at..]
+            .iter()
+            .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .count();
+        self.pos.set(at + len);
+        std::str::from_utf8(&bytes[at..at + len]).ok()
+    }
+
+    /// The canonical text of the next number, which `serde_json` read as `number`.
+    fn canonical(&self, number: Number) -> Option<Node> {
+        let text = self.next()?;
+        Some(Node::Number(if is_exact(&number, text) {
+            number.to_string()
+        } else {
+            format!("#{text}")
+        }))
+    }
+}
+
+/// Whether `number`, read from `text`, is the value `text` spells: an integer that fits
+/// 64 bits, zero, or a decimal of at most 15 significant digits (so that no two such
+/// decimals share an `f64`) that is a normal `f64`, not rounded to zero or infinity
+/// nor short of precision as a subnormal.
+fn is_exact(number: &Number, text: &str) -> bool {
+    if number.is_u64() || number.is_i64() {
+        return true;
+    }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    // From the first digit that is not zero to the last, the point left out.
+    let (mut first, mut last) = (None, 0);
+    for (i, digit) in mantissa.bytes().filter(u8::is_ascii_digit).enumerate() {
+        if digit != b'0' {
+            first.get_or_insert(i);
+            last = i;
+        }
+    }
+    let Some(first) = first else {
+        return true;
+    };
+    last - first < 15 && number.as_f64().is_some_and(f64::is_normal)
+}
+
+/// Reads one [`Node`], taking the text of each number from [`Numbers`].
+#[derive(Clone, Copy)]
+struct Read<'n, 'a>(&'n Numbers<'a>);
+
+impl<'de> DeserializeSeed<'de> for Read<'_, '_> {
+    type Value = Node;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Read<'_, '_> {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Node, E> {
+        Ok(Node::Bool(b))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Node, E> {
+        self.number(n.into())
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Node, E> {
+        self.number(n.into())
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Node, E> {
+        // JSON has no NaN or infinity; a number past `f64` is an error already.
+        self.number(Number::from_f64(n).ok_or_else(|| E::custom("not a JSON number"))?)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Node, E> {
+        Ok(Node::String(s.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Node, E> {
+        Ok(Node::String(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut members: Vec<(String, Node)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            members.push((key, map.next_value_seed(self)?));
+        }
+        // Stable, so that of a repeated key the last comes last and is the one kept.
+        members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut unique: Vec<(String, Node)> = Vec::with_capacity(members.len());
+        for member in members {
+            match unique.last_mut() {
+                Some(last) if last.0 == member.0 => *last = member,
+                _ => unique.push(member),
+            }
+        }
+        Ok(Node::Object(unique))
+    }
+}
+
+impl Read<'_, '_> {
+    fn number<E: de::Error>(self, number: Number) -> Result<Node, E> {
+        self.0
+            .canonical(number)
+            .ok_or_else(|| E::custom("a number out of step with the text"))
     }
 }
 
@@ -330,38 +575,22 @@ fn array_index(token: &str) -> Option<usize> {
         .flatten()
 }
 
-/// Writes `value` with object keys sorted by their UTF-8 bytes and no whitespace.
-/// Written out rather than relying on `serde_json::Map` ordering, which a
-/// `preserve_order` feature elsewhere in the build would change.
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
+/// A `Value`'s numbers are exact, or already rounded: they are written as they are.
+impl From<&Value> for Node {
+    fn from(value: &Value) -> Self {
+        match value {
+            Value::Null => Self::Null,
+            Value::Bool(b) => Self::Bool(*b),
+            Value::Number(n) => Self::Number(n.to_string()),
+            Value::String(s) => Self::String(s.clone()),
+            Value::Array(items) => Self::Array(items.iter().map(Self::from).collect()),
+            // Sorted here rather than trusting `serde_json::Map`'s order, which a
+            // `preserve_order` feature elsewhere in the build would change.
+            Value::Object(map) => {
+                let mut members: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.into())).collect();
+                members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                Self::Object(members)
             }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
         }
     }
 }
@@ -372,10 +601,10 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 }
 
 /// Whether `bytes` is already the canonical form of a JSON document, which is then hashed
-/// as it is: most clients send compact JSON, and for a body in this form building a
-/// `serde_json::Value` only to write the same bytes back was most of a replay's cost.
+/// as it is: most clients send compact JSON, and for a body in this form parsing the
+/// document only to write the same bytes back was most of a replay's cost.
 ///
-/// Conservative: `true` only for a document that [`write_canonical`] would reproduce byte
+/// Conservative: `true` only for a document that [`Node::write`] would reproduce byte
 /// for byte. That is no whitespace, object keys in strictly increasing byte order,
 /// strings without escapes or control characters, integers of at most 18 digits (no
 /// `-0`), and nesting well within `serde_json`'s limit. Anything else, valid or not, takes
@@ -632,7 +861,7 @@ mod tests {
         for _ in 0..5000 {
             let value = value(&mut state, 0);
             let mut bytes = Vec::new();
-            write_canonical(&value, &mut bytes);
+            Node::from(&value).write(&mut bytes);
             shortcuts += usize::from(is_canonical(&bytes));
             assert_eq!(
                 Fingerprint::of_json_bytes(&bytes, &[]),
@@ -640,11 +869,15 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&bytes)
             );
-            // One byte changed: valid or not, canonical or not, the same as the value.
+            // One byte changed: valid or not, canonical or not, the same as the value,
+            // unless the change made a number that the value cannot hold.
             if !bytes.is_empty() {
                 const BYTES: &[u8] = b"{}[]\",: \\-.e0123456789ntf";
                 let at = (next(&mut state) % bytes.len() as u64) as usize;
                 bytes[at] = BYTES[(next(&mut state) % BYTES.len() as u64) as usize];
+                if !numbers_fit_a_value(&bytes) && through_value(&bytes).is_some() {
+                    continue;
+                }
                 assert_eq!(
                     Fingerprint::of_json_bytes(&bytes, &[]),
                     through_value(&bytes),
@@ -654,6 +887,75 @@ mod tests {
             }
         }
         assert!(shortcuts > 1000, "the shortcut was taken {shortcuts} times");
+    }
+
+    /// Whether every number of `bytes` is one that a `Value` holds exactly, judged
+    /// by the text alone: a 64-bit integer, or at most 15 digits and no exponent.
+    fn numbers_fit_a_value(bytes: &[u8]) -> bool {
+        let numbers = Numbers {
+            bytes,
+            pos: Cell::new(0),
+        };
+        std::iter::from_fn(|| numbers.next()).all(|text| {
+            text.parse::<i64>().is_ok()
+                || text.parse::<u64>().is_ok()
+                || (!text.contains(['e', 'E'])
+                    && text.bytes().filter(u8::is_ascii_digit).count() <= 15)
+        })
+    }
+
+    #[test]
+    fn numbers_keep_the_digits_an_f64_would_lose() {
+        let hash = |body: &str| Fingerprint::of_json_bytes(body.as_bytes(), &[]).unwrap();
+        // Each pair is one `f64` apart from nothing: a `Value` reads both alike.
+        for (a, b) in [
+            ("100000000000000000001", "100000000000000000002"),
+            ("-9223372036854775809", "-9223372036854775810"),
+            ("18446744073709551616", "18446744073709551617"),
+            ("1.000000000000000001", "1.000000000000000002"),
+            ("0.1234567890123456789", "0.1234567890123456788"),
+            ("1e-400", "0.0"),
+            ("2.50000e-320", "2.50001e-320"),
+        ] {
+            let (a, b) = (
+                format!(r#"{{"amount":{a}}}"#),
+                format!(r#"{{"amount": {b}}}"#),
+            );
+            let value = through_value(a.as_bytes());
+            assert_eq!(value, through_value(b.as_bytes()), "{a} and {b} as values");
+            assert_ne!(hash(&a), hash(&b), "{a} and {b}");
+        }
+        // They are still read as JSON: whitespace and key order do not count.
+        assert_eq!(
+            hash(r#"{"to":"0xab","wei":100000000000000000001}"#),
+            hash(r#"{ "wei": 100000000000000000001, "to": "0xab" }"#),
+        );
+        // Numbers an `f64` holds are compared by value, as before.
+        for (a, b) in [
+            ("1.0", "1.00"),
+            ("1e2", "100.0"),
+            ("100000000000000000000", "1e20"),
+            ("0.1", "1E-1"),
+            ("-0", "-0.0"),
+            ("123456789012345.0", "1.23456789012345e14"),
+            ("0.000000000000001", "1e-15"),
+        ] {
+            let (a, b) = (
+                format!(r#"{{"amount":{a}}}"#),
+                format!(r#"{{"amount": {b}}}"#),
+            );
+            assert_eq!(hash(&a), hash(&b), "{a} and {b}");
+            assert_eq!(Some(hash(&b)), through_value(b.as_bytes()), "{b}");
+        }
+        // Digits inside strings are not numbers.
+        assert_eq!(
+            hash(r#"{"n":"1.5","m":100000000000000000001}"#),
+            hash(r#"{"m":100000000000000000001, "n":"1.5"}"#),
+        );
+        assert_ne!(
+            hash(r#"{"n":"\"1","m":100000000000000000001}"#),
+            hash(r#"{"n":"\"1","m":100000000000000000002}"#),
+        );
     }
 
     #[test]
