@@ -36,11 +36,12 @@
 //! protocol turns into `503` with the handler not run; once Redis is back, the same
 //! store works again, without a restart of the app.
 //!
-//! A claim that gets no answer (a response timeout, a dropped connection) may still have
-//! reached Redis and may run there later. So the store then releases it by its token
-//! before failing, rather than leave a claim nobody will complete to answer `409` until
-//! its lease lapses; and a claim that finds its own in-flight record (a command the
-//! client sent again) is granted.
+//! A claim that fails may still have reached Redis, or run there later: it got no answer
+//! (a response timeout, a dropped connection), or the Cluster client sent it again after
+//! an attempt that took effect and reports only the last attempt's error. So the store
+//! then releases it by its token before failing, rather than leave a claim nobody will
+//! complete to answer `409` until its lease lapses; and a claim that finds its own
+//! in-flight record (a command the client sent again) is granted.
 //!
 //! # Key layout
 //!
@@ -455,12 +456,6 @@ fn in_flight_record(fingerprint: &Fingerprint, token: FencingToken, lease: Durat
     record
 }
 
-/// Whether a command that failed may still have reached Redis and run there: it got no
-/// answer, as opposed to an error answer.
-fn may_have_run(err: &RedisError) -> bool {
-    err.is_timeout() || err.is_io_error() || err.is_connection_dropped()
-}
-
 /// Whether a claim's `reply` is the very record it wrote, `sent`: its token is drawn at
 /// random for each claim, so no other claim's record is the same.
 fn is_own_claim(reply: &Value, sent: &[u8]) -> bool {
@@ -599,13 +594,14 @@ impl Store for RedisStore {
             let reply = match self.query(&command).await {
                 Ok(reply) => reply,
                 Err(err) => {
-                    if may_have_run(&err) {
-                        // No answer is not a refusal: the claim may be in Redis with
-                        // nobody to complete it, and retries would get 409 until its
-                        // lease lapsed. Take it back by its token; a key this claim did
-                        // not get is left alone.
-                        let _ = self.release_token(&record_key, token).await;
-                    }
+                    // An error is not a refusal: the claim may be in Redis with nobody
+                    // to complete it, and retries would get 409 until its lease lapsed.
+                    // Even an error answer may come after an attempt that took effect
+                    // and lost its answer, since the Cluster client retries on its own
+                    // (through a failover's `TRYAGAIN`, say) and returns the last error
+                    // only. Take it back by its token, which is this claim's alone: a
+                    // key this claim did not get is left alone.
+                    let _ = self.release_token(&record_key, token).await;
                     return Err(claim_error(err));
                 }
             };
