@@ -297,28 +297,29 @@ impl StoredResponse {
         // stored map is full, and growing it would reallocate and rehash it on every replay.
         const ADDED: usize = 2;
         let mut stored = self.headers;
-        let mut headers = HeaderMap::with_capacity(stored.len() + ADDED);
+        // A map holds at most 24 576 names; values of one name are not limited, and a
+        // hint past the limit would panic. Only a record that no `HeaderMap` wrote could
+        // bring more names: those past the limit are left out rather than panic.
+        let mut headers = HeaderMap::try_with_capacity(stored.len() + ADDED).unwrap_or_default();
         match Arc::get_mut(&mut stored) {
             // Read back from a store for this replay alone: moved, not cloned.
             Some(owned) => {
                 for (name, value) in owned {
                     let name = std::mem::replace(name, header::CONTENT_TYPE);
                     let value = std::mem::replace(value, HeaderValue::from_static(""));
-                    headers.append(name, value);
+                    let _ = headers.try_append(name, value);
                 }
             }
             None => {
                 for (name, value) in stored.iter() {
-                    headers.append(name.clone(), value.clone());
+                    let _ = headers.try_append(name.clone(), value.clone());
                 }
             }
         }
+        let _ = headers.try_insert(REPLAYED, HeaderValue::from_static("true"));
         let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = headers;
-        response
-            .headers_mut()
-            .insert(REPLAYED, HeaderValue::from_static("true"));
         response
     }
 }
@@ -571,6 +572,24 @@ mod tests {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
             assert_eq!(headers.capacity(), capacity, "Content-Length grew the map");
             assert_eq!(headers[REPLAYED], "true");
+        }
+    }
+
+    #[test]
+    fn a_header_repeated_more_times_than_a_map_has_names_replays_whole() {
+        // A handler that sends a `Link` per item of a long list.
+        let mut headers = HeaderMap::new();
+        for i in 0..30_000 {
+            headers.append(header::LINK, HeaderValue::from(i));
+        }
+        let stored = StoredResponse::new(StatusCode::OK, headers, Bytes::new());
+        let read_back = StoredResponse::from_bytes(&stored.to_bytes()).unwrap();
+        // Shared, as a store holding it keeps it, and read back for this replay alone.
+        for response in [stored.clone().replay(), read_back.replay()] {
+            let links = response.headers().get_all(header::LINK);
+            assert_eq!(links.iter().count(), 30_000);
+            assert_eq!(links.iter().last().unwrap(), "29999");
+            assert_eq!(response.headers()[REPLAYED], "true");
         }
     }
 
