@@ -872,7 +872,7 @@ async fn a_store_that_panics_gets_500_and_runs_nothing() {
     for _ in 0..2 {
         let answer = send(&app, post_with("/create", "k", "x")).await;
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(answer.problem_type(), "handler-panicked");
+        assert_eq!(answer.problem_type(), "request-failed");
     }
     assert_eq!(runs.get(), 0, "never execute without a claim");
 }
@@ -983,6 +983,24 @@ async fn a_failed_completion_is_retried_so_the_retry_gets_the_replay() {
         retry.replayed(),
         "got {} instead of the replay",
         retry.status
+    );
+    assert_eq!(runs.get(), 1);
+}
+
+/// A store that panics fails the request with a problem that does not promise a retry
+/// runs again: the handler ran, and its key stays claimed until the lease lapses.
+#[tokio::test]
+async fn a_store_that_panics_is_a_500_that_promises_nothing_of_the_key() {
+    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::PanickingComplete)));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.problem_type(), "request-failed");
+    assert_eq!(runs.get(), 1);
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::CONFLICT,
+        "the key is still claimed"
     );
     assert_eq!(runs.get(), 1);
 }

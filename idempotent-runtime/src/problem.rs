@@ -21,6 +21,7 @@
 //! | `#key-reused` | 422 | the key was used with a different request (body or query string) |
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
 //! | `#handler-timed-out` | 500 | the handler ran past the app's execution limit; it was stopped and the key released |
+//! | `#request-failed` | 500 | the request failed outside the handler (a store that panicked); the key may stay claimed until its lease lapses |
 //! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
 //! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
 //!
@@ -75,6 +76,13 @@
 //! was stopped before answering. Its key was released: a retry with the same key runs
 //! it again.
 //!
+//! # request-failed
+//!
+//! `500`. The request failed outside the handler, in the idempotency layer itself (a
+//! store implementation that panicked, say). Whether the handler ran is not known, and
+//! its key may stay claimed until the lease lapses: a retry with the same key gets `409`
+//! until then, and afterwards the stored response or, if none was stored, a new run.
+//!
 //! # response-not-replayable
 //!
 //! `409`. The request with this key was processed, but its response was larger than the
@@ -122,6 +130,8 @@ pub enum ProblemKind {
     HandlerPanicked,
     /// The handler ran past the execution limit and was stopped (500).
     HandlerTimedOut,
+    /// The request failed outside the handler; the key may stay claimed (500).
+    RequestFailed,
     /// The first response was too large to store, so it cannot be replayed (409).
     ResponseNotReplayable,
     /// The store is unreachable; nothing ran (503).
@@ -136,7 +146,7 @@ impl ProblemKind {
             Self::InFlight | Self::ResponseNotReplayable => 409,
             Self::BodyTooLarge => 413,
             Self::KeyReused => 422,
-            Self::HandlerPanicked | Self::HandlerTimedOut => 500,
+            Self::HandlerPanicked | Self::HandlerTimedOut | Self::RequestFailed => 500,
             Self::StoreUnavailable => 503,
         }
     }
@@ -153,6 +163,7 @@ impl ProblemKind {
             Self::KeyReused => "key-reused",
             Self::HandlerPanicked => "handler-panicked",
             Self::HandlerTimedOut => "handler-timed-out",
+            Self::RequestFailed => "request-failed",
             Self::ResponseNotReplayable => "response-not-replayable",
             Self::StoreUnavailable => "store-unavailable",
         }
@@ -175,6 +186,7 @@ impl ProblemKind {
             Self::KeyReused => "The idempotency key was already used for a different request",
             Self::HandlerPanicked => "The request failed; it may be retried",
             Self::HandlerTimedOut => "The request took too long and was stopped; it may be retried",
+            Self::RequestFailed => "The request failed outside its handler",
             Self::ResponseNotReplayable => {
                 "The request was processed but its response cannot be replayed"
             }

@@ -153,8 +153,11 @@ where
             Ok(Answer::PassThrough(request, handler, state)) => handler.call(request, state).await,
             Err(_) => {
                 tracing::error!(target: TARGET, "idempotent request task ended without an answer");
-                Problem::new(ProblemKind::HandlerPanicked, "the request task failed")
-                    .into_response()
+                Problem::new(
+                    ProblemKind::RequestFailed,
+                    "the request failed outside its handler; whether the handler ran is not known, and the idempotency key may stay claimed until its lease lapses",
+                )
+                .into_response()
             }
         }
     }

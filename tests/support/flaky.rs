@@ -24,6 +24,8 @@ pub enum Fault {
     FailedRenewals(u32),
     /// Every renewal answers that the lease is lost, as after a takeover.
     LostLease,
+    /// The first completion panics, as a store of one's own with a bug might.
+    PanickingComplete,
 }
 
 pub struct Flaky {
@@ -101,6 +103,9 @@ impl Store for Flaky {
     ) -> Result<bool, StoreError> {
         if self.strikes(Fault::FailedComplete) {
             return Err(StoreError::new("connection reset"));
+        }
+        if self.strikes(Fault::PanickingComplete) {
+            panic!("a bug in the store's completion");
         }
         let completed = self.inner.complete(key, token, response, ttl).await;
         if self.strikes(Fault::LostComplete) {
