@@ -13,8 +13,9 @@
 //!    stored, panic).
 //!
 //! Steps 2 to 4 run in a task of the request's own (`task`), so that a client that
-//! disconnects cancels neither a claim nor the handler it protects; the task is spawned
-//! only if it has to wait (see `detach`).
+//! disconnects cancels neither a claim nor the handler it protects. `drive` polls it in
+//! the request's future and spawns it (`Detached`) only if that future is dropped before
+//! the task ends, or if the task answered before it ended (a late claim to take back).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -909,7 +910,14 @@ pub(crate) async fn release(
     })
     .await
     {
-        Some(_) => tracing::debug!(target: TARGET, key = short(key), "released"),
+        Some((true, _)) => tracing::debug!(target: TARGET, key = short(key), "released"),
+        Some((false, 1)) => {
+            tracing::debug!(target: TARGET, key = short(key), "nothing to release: the claim was taken over after its lease lapsed");
+        }
+        // The store may have applied an attempt whose answer did not arrive in time.
+        Some((false, _)) => {
+            tracing::debug!(target: TARGET, key = short(key), "release refused after a failed attempt: that attempt released the claim, or it was taken over after its lease lapsed");
+        }
         None => {
             tracing::error!(target: TARGET, key = short(key), "release failed; the key frees up when the lease lapses");
         }
@@ -944,6 +952,9 @@ where
                 tracing::warn!(target: TARGET, key = short(key), attempt, error = %err, "{what} failed");
             }
             Err(_) => tracing::warn!(target: TARGET, key = short(key), attempt, "{what} timed out"),
+        }
+        if attempt == SETTLE_ATTEMPTS {
+            break;
         }
         let next_ends = started
             .elapsed()
