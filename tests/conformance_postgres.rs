@@ -86,6 +86,61 @@ async fn a_pool_at_repeatable_read_settles_claims_too() {
     run_all(&store).await;
 }
 
+/// Over a pool at `REPEATABLE READ`, a purge that meets claims taking over the expired
+/// rows it chose fails with a serialization error unless it tries again: it must neither
+/// fail nor delete a row that a claim took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_at_repeatable_read_races_takeovers_without_failing() {
+    let (_migrated, schema) = fresh_store().await;
+    let options = connect_options().options([("default_transaction_isolation", "repeatable read")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(options)
+        .await
+        .expect("a pool");
+    let store = PostgresStore::new(pool)
+        .with_schema(schema.name())
+        .expect("a valid schema name");
+    for round in 0..10 {
+        let keys: Vec<String> = (0..200).map(|i| format!("{round}-{i}")).collect();
+        for key in &keys {
+            acquire(&store, key, INSTANT).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut takeovers = tokio::task::JoinSet::new();
+        for chunk in keys.chunks(10) {
+            let (store, chunk) = (store.clone(), chunk.to_vec());
+            takeovers.spawn(async move {
+                for key in chunk {
+                    acquire(&store, &key, LONG).await;
+                }
+            });
+        }
+        let mut purges = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            purges.spawn(async move { store.purge_expired(5).await });
+        }
+        while let Some(purged) = purges.join_next().await {
+            purged
+                .unwrap()
+                .expect("a purge racing takeovers must not fail");
+        }
+        while let Some(taken) = takeovers.join_next().await {
+            taken.unwrap();
+        }
+        for key in &keys {
+            assert!(
+                matches!(
+                    store.lookup(key).await.unwrap(),
+                    Some(Record::InFlight { .. })
+                ),
+                "the takeover of `{key}` must stay"
+            );
+        }
+    }
+}
+
 async fn claims_settle(store: &PostgresStore) {
     for round in 0..10 {
         concurrent_claims_have_one_winner(store, &format!("new-{round}"), 50).await;

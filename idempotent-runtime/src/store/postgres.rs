@@ -24,6 +24,10 @@ const MIGRATION_LOCK: i64 = 0x6964_656d_6d69_6772;
 /// statement's snapshot and its insert (see "Claim" in the module docs).
 const CLAIM_ATTEMPTS: usize = 16;
 
+/// How often a purge statement is tried when claims took over rows it had chosen (see
+/// [`PostgresStore::purge_expired`]).
+const PURGE_ATTEMPTS: usize = 16;
+
 /// The longest schema or table name accepted, so that the derived name
 /// (`<table>_expires_at_idx`) fits Postgres' 63-byte limit.
 pub const MAX_IDENTIFIER_LEN: usize = 48;
@@ -224,8 +228,9 @@ fn corrupt(key: &str, detail: impl fmt::Display) -> StoreError {
     ))
 }
 
-/// The SQLSTATE of a serialization failure: a claim under `REPEATABLE READ` or
-/// `SERIALIZABLE` that met a concurrent claimant. Trying again is the documented answer.
+/// The SQLSTATE of a serialization failure: a claim or a purge under `REPEATABLE READ`
+/// or `SERIALIZABLE` that met a concurrent claimant. Trying again is the documented
+/// answer.
 fn is_serialization_failure(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(|e| e.code())
@@ -418,8 +423,10 @@ impl PostgresStore {
     /// lease), `batch_size` rows per statement; returns how many went.
     ///
     /// Each batch is its own short statement that skips rows other sessions hold locked,
-    /// so it never waits on a live request and several replicas can purge at once. A
-    /// `batch_size` of 0 counts as 1.
+    /// so it never waits on a live request and several replicas can purge at once. Under
+    /// `REPEATABLE READ` or `SERIALIZABLE`, a statement that meets a row a claim took over
+    /// since its snapshot fails with a serialization error; it is tried again, and the
+    /// next one leaves that row alone. A `batch_size` of 0 counts as 1.
     ///
     /// ```no_run
     /// # async fn run(store: idempotent_runtime::PostgresStore) -> Result<(), idempotent_runtime::StoreError> {
@@ -441,12 +448,23 @@ impl PostgresStore {
 
     /// One purge statement; returns how many rows it deleted.
     async fn purge_batch(&self, batch: u32) -> Result<u64, StoreError> {
-        let done = query(&self.sql.purge)
-            .bind(i64::from(batch))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error("purge", e))?;
-        Ok(done.rows_affected())
+        let mut attempt = 1;
+        loop {
+            let purged = query(&self.sql.purge)
+                .bind(i64::from(batch))
+                .execute(&self.pool)
+                .await;
+            match purged {
+                Ok(done) => return Ok(done.rows_affected()),
+                // Under `REPEATABLE READ` or `SERIALIZABLE`, a row that a claim took over
+                // after the statement's snapshot fails it instead of being skipped. The
+                // next statement's snapshot shows the takeover, and leaves the row alone.
+                Err(err) if is_serialization_failure(&err) && attempt < PURGE_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(db_error("purge", err)),
+            }
+        }
     }
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` (first right away) in a
