@@ -678,8 +678,9 @@ impl Store for PostgresStore {
 
 /// The background cleanup started by [`PostgresStore::spawn_cleanup`].
 ///
-/// Dropping it stops the task after the statement under way, if any;
-/// [`stop`](Self::stop) does the same and waits for the task to end.
+/// Dropping it stops the task: a statement under way gets up to [`STOP_GRACE`] to finish
+/// and is then given up. [`stop`](Self::stop) does the same and waits for the task to
+/// end.
 #[must_use = "the cleanup task stops when this handle is dropped"]
 #[derive(Debug)]
 pub struct CleanupTask {
@@ -695,7 +696,10 @@ impl CleanupTask {
     pub async fn stop(self) -> u64 {
         let Self { stop, task } = self;
         drop(stop);
-        task.await.unwrap_or(0)
+        task.await.unwrap_or_else(|err| {
+            tracing::error!(target: TARGET, error = %err, "the idempotency cleanup task failed");
+            0
+        })
     }
 }
 
