@@ -65,6 +65,9 @@ impl StoreUrl {
                 let pool = PgPoolOptions::new()
                     // Past this a request gets 503 instead of waiting for a connection.
                     .acquire_timeout(std::time::Duration::from_secs(2))
+                    // No ping before each statement: sqlx pings a connection when it
+                    // comes back to the pool already (see the `store::postgres` docs).
+                    .test_before_acquire(false)
                     .connect(url)
                     .await
                     .map_err(|err| format!("cannot connect to Postgres at {self}: {err}"))?;
