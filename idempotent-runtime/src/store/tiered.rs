@@ -2,8 +2,8 @@
 //! fast store that serves replays.
 //!
 //! [`TieredStore`] sends every claim, renewal, completion and release to the durable
-//! store, which alone decides who owns a key. The fast store only ever holds copies of
-//! completed records:
+//! store, which alone decides who owns a key. The fast store holds copies of completed
+//! records, and the short-lived claims that write them:
 //!
 //! - a claim first looks the key up in the fast store; a completed record there is the
 //!   answer (a replay, or a `422` when the fingerprint differs) and the durable store is
@@ -12,13 +12,17 @@
 //!   store is filled with it for [`fill_ttl`](TieredStore::with_fill_ttl), so the next
 //!   retry is served from there;
 //! - a completion is written to the durable store first and, once it is accepted there,
-//!   copied to the fast store with the endpoint's TTL.
+//!   read back from it for its fingerprint (a round trip more) and copied to the fast
+//!   store with the endpoint's TTL.
 //!
 //! Losing the fast store loses nothing: its errors are logged and ignored, and each of its
-//! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout), so a fast
-//! store that hangs slows requests by that much at most instead of failing them. The
-//! price of the copy is that a replay may still be served from the fast store up to
-//! `fill_ttl` after the durable record expired.
+//! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A fast store
+//! that hangs slows a request by up to three of them (a claim looks up, then fills with a
+//! claim and a completion) instead of failing it. Those count against the app's
+//! [store timeout](crate::Idempotency::with_store_timeout), so keep `fast_timeout` well
+//! under a third of it (the defaults are 100 ms and 5 s). The price of the copy is that a
+//! replay may still be served from the fast store up to `fill_ttl` after the durable
+//! record expired.
 //!
 //! ```
 //! use idempotent_runtime::{Idempotency, MemoryStore, store::TieredStore};
@@ -203,11 +207,18 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         // The fingerprint is not passed to `complete`; read it back from the durable
-        // record, which the completion just wrote.
+        // record, which the completion just wrote. Unless that record is gone already
+        // (a TTL shorter than a round trip) and another request's is there instead: its
+        // fingerprint would make the copy replay this response to that request.
         if !self.durable.complete(key, token, response, ttl).await? {
             return Ok(false);
         }
-        if let Ok(Some(Record::Completed { fingerprint, .. })) = self.durable.lookup(key).await {
+        if let Ok(Some(Record::Completed {
+            fingerprint,
+            response: stored,
+        })) = self.durable.lookup(key).await
+            && stored == *response
+        {
             self.fill(key, fingerprint, response, ttl).await;
         }
         Ok(true)
