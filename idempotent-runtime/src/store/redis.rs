@@ -264,6 +264,13 @@ impl RedisStore {
     /// Connects to a Redis Cluster through any of its nodes and loads the scripts on
     /// every master.
     ///
+    /// The client has the `redis` crate's Cluster defaults: a 1 s connection timeout,
+    /// retries through slot moves and failovers, and no response timeout, so that what
+    /// bounds an operation on a node that stopped answering is
+    /// [`Idempotency::with_store_timeout`](crate::Idempotency::with_store_timeout). For
+    /// other settings build the connection yourself and pass it to
+    /// [`cluster`](Self::cluster).
+    ///
     /// ```no_run
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), idempotent_runtime::StoreError> {
