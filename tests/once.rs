@@ -263,3 +263,36 @@ async fn concurrent_deliveries_across_consumers_sharing_redis() {
     );
     concurrent_deliveries_run_the_work_once(consumers, &operation).await;
 }
+
+/// An HTTP request and `Once` work never share a key, whatever the request's method and
+/// path: `ONCE /refunds` is a valid request line, and `/refunds` a valid operation name.
+#[tokio::test]
+async fn no_request_shares_a_key_with_once_work() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::any;
+    use tower::ServiceExt;
+
+    #[idempotent_runtime::idempotent]
+    async fn refund() -> &'static str {
+        "1"
+    }
+
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let app = axum::Router::new()
+        .route("/refunds", any(refund))
+        .with_state(idempotency.clone());
+    let request = Request::builder()
+        .method("ONCE")
+        .uri("/refunds")
+        .header("idempotency-key", "evt_1")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"order":42,"cents":1000}"#))
+        .unwrap();
+    assert_eq!(app.oneshot(request).await.unwrap().status(), StatusCode::OK);
+
+    let runs = AtomicUsize::new(0);
+    let refunds = idempotency.once("/refunds");
+    let outcome = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(outcome.ok(), Some(Outcome::Ran(1)), "the work ran");
+}

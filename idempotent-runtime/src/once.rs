@@ -218,7 +218,9 @@ impl Once<'_> {
     {
         let fingerprint =
             Fingerprint::of_json(&serde_json::to_value(input).map_err(OnceError::Input)?);
-        let store_key = key::namespace("ONCE", &self.operation, None, key);
+        // `once:` where a request has its method: `:` is not allowed in a method, so no
+        // request, whatever its method and path, shares a key with this work.
+        let store_key = key::namespace("once:", &self.operation, None, key);
         let idempotency = self.idempotency;
         let token = match decide(idempotency, &store_key, fingerprint, self.lease).await {
             Decision::Decided(Claim::Acquired(token)) => token,
