@@ -3,8 +3,12 @@
 //! Entries live in a sharded map. Each entry has a deadline: the end of its lease while in
 //! flight, the end of its TTL once completed. Past it the entry counts as absent, and it
 //! is removed by a bounded sweep that every operation runs on its shard (at most
-//! [`SWEEP_BATCH`] entries at a time), so memory is bounded by the live records, with no
-//! background task needed. [`MemoryStore::purge_expired`] sweeps everything at once.
+//! [`SWEEP_BATCH`] entries at a time), with no background task. So expired entries go
+//! as traffic reaches their shards: under steady traffic memory follows the live
+//! records, but after a burst of new keys and a lull the expired ones can stay (and
+//! count in [`len`](MemoryStore::len)) until enough operations have swept them.
+//! [`MemoryStore::purge_expired`] sweeps everything at once: call it from a timer of
+//! your own where traffic comes in bursts.
 //!
 //! The live records are as many as the keys clients sent within a TTL, and nothing else
 //! bounds them: a client that sends a new key with every request makes the store grow
