@@ -260,7 +260,9 @@ fn duration(
             meta.input.span(),
             format!("`{name}` takes a duration string such as `{name} = \"{example}\"`"),
         );
-        skip_value(meta)?;
+        // The `=` is read already: skip the value itself, so that the arguments after it
+        // are still checked.
+        skip_to_comma(meta.input)?;
         return Ok(None);
     }
     let lit: syn::Lit = meta.input.parse()?;
