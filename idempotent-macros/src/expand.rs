@@ -13,15 +13,15 @@
 //! with `crate = ".."`):
 //!
 //! ```text
-//! pub async fn create<__S, __M>(
-//!     __private::RouterState(__idempotent_state): __private::RouterState<__S>,
+//! pub async fn create<__IdempotentState, __IdempotentVia>(
+//!     __private::RouterState(__idempotent_state): __private::RouterState<__IdempotentState>,
 //!     __idempotent_request: __private::Request,
 //! ) -> __private::Response
 //! where
-//!     __S: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
-//!     State<Db>: __private::FromRequestParts<__S> + __private::Send,
-//!     Json<Order>: __private::FromRequest<__S, __M> + __private::Send,
-//!     AuthUser: __private::FromRequestParts<__S>,
+//!     __IdempotentState: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
+//!     State<Db>: __private::FromRequestParts<__IdempotentState> + __private::Send,
+//!     Json<Order>: __private::FromRequest<__IdempotentState, __IdempotentVia> + __private::Send,
+//!     AuthUser: __private::FromRequestParts<__IdempotentState>,
 //! {
 //!     static __ENDPOINT: __private::Endpoint = __private::Endpoint {
 //!         ttl: __private::Some(__private::Duration::new(86400, 0)),
@@ -49,14 +49,14 @@
 //!         };
 //!         __private::HandlerOutput::into_response(__idempotent_output)
 //!     };
-//!     __private::run_scoped::<__S, _, (__M, State<Db>, Json<Order>), AuthUser>(
+//!     __private::run_scoped::<__IdempotentState, _, (__IdempotentVia, State<Db>, Json<Order>), AuthUser>(
 //!         &__ENDPOINT, __idempotent_handler, __idempotent_request, __idempotent_state,
 //!     )
 //!     .await
 //! }
 //! ```
 //!
-//! Without `scope = Type`, the last call is `__private::run::<__S, _, (..)>(&__ENDPOINT,
+//! Without `scope = Type`, the last call is `__private::run::<__IdempotentState, _, (..)>(&__ENDPOINT,
 //! __idempotent_handler, __idempotent_request, __idempotent_state, __private::None)`.
 //!
 //! `RouterState<S>` implements `FromRequestParts<S>` for exactly one `S`, which lets the
@@ -85,13 +85,15 @@
 //!   type names `Self`, which a nested `fn` cannot use; `use<..>` is dropped there, as
 //!   an argument cannot have it.)
 //!
-//! Internal names (`__idempotent_state`, `__idempotent_handler`, ...) use
+//! Internal bindings (`__idempotent_state`, `__idempotent_handler`, ...) use
 //! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
 //! not stop a `const`, `static` or unit struct of the same name in scope from turning a
-//! binding into a pattern, hence the long prefix on every binding. Every path starts at
-//! `__private`, so a user's `type Result<T> = ...` or
-//! `struct Request;` cannot change what they mean. There are no sibling items, which
-//! would break inside an `impl` block.
+//! binding into a pattern, hence the long prefix on every binding. Nor does it cover
+//! types: the generic parameters resolve where the user's types do, so they have names
+//! no user type has (`__IdempotentState`, `__IdempotentVia`), not `S` or `__S`. Every
+//! path starts at `__private`, so a user's `type Result<T> = ...` or `struct Request;`
+//! cannot change what they mean. There are no sibling items, which would break inside an
+//! `impl` block.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -325,8 +327,8 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     });
     let name = &sig.ident;
     let mixed = |name: &str| format_ident!("{}", name, span = Span::mixed_site());
-    let state = mixed("__S");
-    let via = mixed("__M");
+    let state = mixed("__IdempotentState");
+    let via = mixed("__IdempotentVia");
     let state_value = mixed("__idempotent_state");
     let request = mixed("__idempotent_request");
     let handler = mixed("__idempotent_handler");

@@ -37,9 +37,14 @@ impl Sync for Request {}
 struct Duration;
 /// Shadows the protocol's names.
 struct Endpoint;
-/// Shadows the macro's generic parameter.
+/// Named like a generic parameter, the way a macro might name its own; used as a type
+/// and as a value.
 #[allow(non_camel_case_types)]
+#[derive(serde::Deserialize)]
 struct __S;
+/// The same, the usual way.
+#[derive(serde::Deserialize)]
+struct S;
 /// Named like what the expansion binds, less its prefix: a `const`, a `static` or a
 /// unit struct in scope with a binding's exact name would turn that binding into a
 /// pattern, so every binding carries the prefix `__idempotent_`.
@@ -96,6 +101,15 @@ async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response
     Ok(format!("{}", count + n))
 }
 
+/// A handler whose argument types are named like generic parameters.
+#[idempotent]
+async fn typed(
+    axum::extract::Query(S): axum::extract::Query<S>,
+    Json(__S): Json<__S>,
+) -> &'static str {
+    "typed"
+}
+
 /// A handler with no arguments.
 #[idempotent(scope = header("Authorization"), store = "2xx,4xx", fingerprint = none)]
 async fn ping() -> impl IntoResponse {
@@ -124,5 +138,6 @@ fn main() {
     let _app: Router = Router::new()
         .route("/create", post(create))
         .route("/ping", post(ping))
+        .route("/typed", post(typed))
         .with_state(state);
 }
