@@ -30,7 +30,7 @@ use proc_macro::TokenStream;
 /// | `required` | `required` | a request without a key gets `400` instead of running unprotected |
 /// | `scope` | `scope = header("Authorization")`, `scope = Tenant` | the caller's identity, folded into the key: multi-tenant APIs must set it |
 /// | `store` | `store = "2xx,4xx"` | which statuses are stored (default `2xx`; the list replaces it and must keep a 2xx) |
-/// | `fingerprint` | `fingerprint = exclude("/sent_at")`, `none` | what makes "the same request" (default: the body, canonical JSON, and the query string) |
+/// | `fingerprint` | `fingerprint = exclude("/sent_at")`, `none`, `body` | what makes "the same request" (default: the body, canonical JSON, and the query string) |
 /// | `crate` | `crate = "idempotency"` | the path of `idempotent-runtime` where the dependency is renamed or re-exported |
 ///
 /// Every argument has a runnable example in the `idempotent-runtime` crate docs, which
