@@ -588,7 +588,7 @@ mod tests {
         for response in [stored.clone().replay(), read_back.replay()] {
             let links = response.headers().get_all(header::LINK);
             assert_eq!(links.iter().count(), 30_000);
-            assert_eq!(links.iter().last().unwrap(), "29999");
+            assert_eq!(links.iter().next_back().unwrap(), "29999");
             assert_eq!(response.headers()[REPLAYED], "true");
         }
     }
