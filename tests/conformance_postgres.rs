@@ -86,6 +86,57 @@ async fn a_pool_at_repeatable_read_settles_claims_too() {
     run_all(&store).await;
 }
 
+/// A claim whose lease lapsed while nobody claimed the key (its owner was cut off from
+/// the database, say) is still its owner's: it renews, and its response is stored and
+/// replayed, rather than lost to a second run. A takeover still fences it out.
+#[tokio::test]
+async fn a_lapsed_claim_nobody_took_over_can_still_be_completed() {
+    let (store, _schema) = fresh_store().await;
+    let token = acquire(&store, "cut-off", INSTANT).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store.renew("cut-off", token, LONG).await.unwrap(),
+        "renewed"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        matches!(
+            store.lookup("cut-off").await.unwrap(),
+            Some(Record::InFlight { .. })
+        ),
+        "the renewed lease is live again"
+    );
+
+    let token = acquire(&store, "slow", INSTANT).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store
+            .complete("slow", token, &sample_response(), LONG)
+            .await
+            .unwrap(),
+        "completed after the lease"
+    );
+    match store.claim("slow", fp("a"), LONG).await.unwrap() {
+        Claim::Existing(Record::Completed { response, .. }) => {
+            assert_eq!(response, sample_response());
+        }
+        other => panic!("expected the replay, got {other:?}"),
+    }
+
+    // Once another claim took the key over, the lapsed owner can do nothing.
+    let stale = acquire(&store, "taken", INSTANT).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    acquire(&store, "taken", LONG).await;
+    assert!(!store.renew("taken", stale, LONG).await.unwrap());
+    assert!(
+        !store
+            .complete("taken", stale, &sample_response(), LONG)
+            .await
+            .unwrap()
+    );
+    assert!(!store.release("taken", stale).await.unwrap());
+}
+
 /// Over a pool at `REPEATABLE READ`, a purge that meets claims taking over the expired
 /// rows it chose fails with a serialization error unless it tries again: it must neither
 /// fail nor delete a row that a claim took over.

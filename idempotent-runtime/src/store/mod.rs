@@ -16,7 +16,11 @@
 //! record is still *in flight under that token*; otherwise they change nothing and return
 //! `Ok(false)`. That is what keeps a request whose lease was lost from overwriting the
 //! result of the request that took over. A store may forget an in-flight record once
-//! its lease has lapsed.
+//! its lease has lapsed, or refuse its owner from then on; it must not let its owner
+//! act after another claim took it over. The memory and Redis stores refuse a lapsed
+//! lease; the Postgres store keeps it for its owner until a claim takes the key over or
+//! a purge deletes it, so that an owner cut off from the database for longer than its
+//! lease can still store its response.
 //!
 //! The conformance kit (`testkit` feature) checks all of this against any store.
 

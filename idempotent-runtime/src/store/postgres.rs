@@ -134,14 +134,14 @@ FROM live"#;
 
 const RENEW: &str = r#"UPDATE "{schema}"."{table}"
 SET expires_at = clock_timestamp() + $3
-WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()"#;
+WHERE key = $1 AND token = $2 AND state = 'in_flight'"#;
 
 const COMPLETE: &str = r#"UPDATE "{schema}"."{table}"
 SET state = 'completed', response = $3, expires_at = clock_timestamp() + $4
-WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()"#;
+WHERE key = $1 AND token = $2 AND state = 'in_flight'"#;
 
 const RELEASE: &str = r#"DELETE FROM "{schema}"."{table}"
-WHERE key = $1 AND token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()"#;
+WHERE key = $1 AND token = $2 AND state = 'in_flight'"#;
 
 const LOOKUP: &str = r#"SELECT state, fingerprint,
        (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint AS remaining_us,
