@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use idempotent_runtime::store::TieredStore;
 use idempotent_runtime::testkit::{run_all, sample_response, unique_prefix};
-use idempotent_runtime::{
-    Claim, FencingToken, Fingerprint, MemoryStore, Record, Store, StoreError, StoredResponse,
-};
+use idempotent_runtime::{Claim, Fingerprint, MemoryStore, Record, Store};
 use support::broken::Broken;
 use support::counting::{Calls, Counting, Op};
+use support::flaky::{Fault, Flaky, replacing_fingerprint, replacing_response};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiered_memory_passes_the_kit() {
@@ -112,71 +111,12 @@ async fn a_miss_fills_the_fast_store_from_the_durable_one() {
     }
 }
 
-/// A durable store whose record, once completed, expires and is replaced by another
-/// request's before anything can read it back: a TTL shorter than a round trip.
-struct Replaced(MemoryStore);
-
-impl Store for Replaced {
-    async fn claim(
-        &self,
-        key: &str,
-        fingerprint: Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.0.claim(key, fingerprint, lease).await
-    }
-    async fn renew(
-        &self,
-        key: &str,
-        token: FencingToken,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.0.renew(key, token, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        token: FencingToken,
-        response: &StoredResponse,
-        _ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let completed = self
-            .0
-            .complete(key, token, response, Duration::from_millis(1))
-            .await?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let Claim::Acquired(other) = self.0.claim(key, other_fingerprint(), LONG).await? else {
-            panic!("the expired key is claimed again");
-        };
-        self.0.complete(key, other, &other_response(), LONG).await?;
-        Ok(completed)
-    }
-    async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
-        self.0.release(key, token).await
-    }
-    async fn lookup(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        self.0.lookup(key).await
-    }
-}
-
-fn other_fingerprint() -> Fingerprint {
-    Fingerprint::of_bytes(b"another order")
-}
-
-fn other_response() -> StoredResponse {
-    StoredResponse::new(
-        axum::http::StatusCode::CREATED,
-        Default::default(),
-        "another order".into(),
-    )
-}
-
 /// The copy made after a completion carries the fingerprint read back from the durable
 /// store; when what is read back is another request's record, nothing is copied, since
 /// the copy would replay this response to that other request.
 #[tokio::test]
 async fn a_completion_copies_nothing_when_the_record_was_replaced() {
-    let store = TieredStore::new(Replaced(MemoryStore::new()), MemoryStore::new());
+    let store = TieredStore::new(Flaky::new(Fault::ReplacedComplete), MemoryStore::new());
     let key = format!("{}:replaced", unique_prefix());
     let Claim::Acquired(token) = store
         .claim(&key, Fingerprint::of_bytes(b"order"), LONG)
@@ -192,9 +132,9 @@ async fn a_completion_copies_nothing_when_the_record_was_replaced() {
             .expect("complete")
     );
     // The other request gets its own response, not this one's.
-    match store.claim(&key, other_fingerprint(), LONG).await {
+    match store.claim(&key, replacing_fingerprint(), LONG).await {
         Ok(Claim::Existing(Record::Completed { response, .. })) => {
-            assert_eq!(response, other_response());
+            assert_eq!(response, replacing_response());
         }
         other => panic!("expected the other request's response, got {other:?}"),
     }

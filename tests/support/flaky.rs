@@ -26,6 +26,25 @@ pub enum Fault {
     LostLease,
     /// The first completion panics, as a store of one's own with a bug might.
     PanickingComplete,
+    /// The first completion takes effect, then its record expires and another request's
+    /// ([`replacing_fingerprint`], [`replacing_response`]) takes its place before
+    /// anything can read it back: a TTL shorter than a round trip.
+    ReplacedComplete,
+}
+
+/// The fingerprint of the request whose record replaces a completion
+/// ([`Fault::ReplacedComplete`]).
+pub fn replacing_fingerprint() -> Fingerprint {
+    Fingerprint::of_bytes(b"another order")
+}
+
+/// Its response.
+pub fn replacing_response() -> StoredResponse {
+    StoredResponse::new(
+        axum::http::StatusCode::CREATED,
+        Default::default(),
+        "another order".into(),
+    )
 }
 
 pub struct Flaky {
@@ -106,6 +125,25 @@ impl Store for Flaky {
         }
         if self.strikes(Fault::PanickingComplete) {
             panic!("a bug in the store's completion");
+        }
+        if self.strikes(Fault::ReplacedComplete) {
+            let completed = self
+                .inner
+                .complete(key, token, response, Duration::from_millis(1))
+                .await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let forever = Duration::from_secs(3600);
+            let claim = self
+                .inner
+                .claim(key, replacing_fingerprint(), forever)
+                .await?;
+            let Claim::Acquired(other) = claim else {
+                panic!("the expired key is claimed again, got {claim:?}");
+            };
+            self.inner
+                .complete(key, other, &replacing_response(), forever)
+                .await?;
+            return Ok(completed);
         }
         let completed = self.inner.complete(key, token, response, ttl).await;
         if self.strikes(Fault::LostComplete) {
