@@ -62,26 +62,31 @@ async fn concurrent_claims_settle_on_new_and_lapsed_keys() {
     claims_settle(&store).await;
 }
 
-/// The same, and the whole kit, over a pool whose transactions default to `REPEATABLE
-/// READ`: a claim that meets a concurrent claimant then fails with a serialization
-/// error, which the store answers by trying again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pool_at_repeatable_read_settles_claims_too() {
-    let (_migrated, schema) = fresh_store().await;
+/// A store over `schema` whose pool's transactions default to `REPEATABLE READ`.
+async fn repeatable_read_store(schema: &TestSchema) -> PostgresStore {
     let options = connect_options().options([("default_transaction_isolation", "repeatable read")]);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
         .connect_with(options)
         .await
         .expect("a pool");
+    PostgresStore::new(pool)
+        .with_schema(schema.name())
+        .expect("a valid schema name")
+}
+
+/// The same, and the whole kit, over a pool whose transactions default to `REPEATABLE
+/// READ`: a claim that meets a concurrent claimant then fails with a serialization
+/// error, which the store answers by trying again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_at_repeatable_read_settles_claims_too() {
+    let (_migrated, schema) = fresh_store().await;
+    let store = repeatable_read_store(&schema).await;
     let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
-        .fetch_one(&pool)
+        .fetch_one(store.pool())
         .await
         .expect("isolation");
     assert_eq!(isolation, "repeatable read");
-    let store = PostgresStore::new(pool)
-        .with_schema(schema.name())
-        .expect("a valid schema name");
     claims_settle(&store).await;
     run_all(&store).await;
 }
@@ -143,15 +148,7 @@ async fn a_lapsed_claim_nobody_took_over_can_still_be_completed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_at_repeatable_read_races_takeovers_without_failing() {
     let (_migrated, schema) = fresh_store().await;
-    let options = connect_options().options([("default_transaction_isolation", "repeatable read")]);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .connect_with(options)
-        .await
-        .expect("a pool");
-    let store = PostgresStore::new(pool)
-        .with_schema(schema.name())
-        .expect("a valid schema name");
+    let store = repeatable_read_store(&schema).await;
     for round in 0..10 {
         let keys: Vec<String> = (0..200).map(|i| format!("{round}-{i}")).collect();
         for key in &keys {
