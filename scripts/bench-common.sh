@@ -22,12 +22,37 @@ stop_server() {
         server_pid=""
     fi
 }
+# Affinities changed by pin_processes, as "PID LIST" lines, put back on exit.
+restore_affinity=()
 cleanup() {
     stop_server
+    local entry
+    for entry in "${restore_affinity[@]}"; do
+        # shellcheck disable=SC2086 # "PID LIST" splits into taskset's two arguments
+        taskset -a -p -c ${entry#* } ${entry%% *} >/dev/null 2>&1 || true
+    done
     rm -rf "$WORKDIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# pin_processes CPU NAME...: moves the running processes called NAME (all their
+# threads, and the processes they fork from now on) to CPU until the script exits.
+# Sets `pinned` to the names it moved; a process it may not move is left where it is.
+pinned=""
+pin_processes() {
+    local cpu=$1 name pid list
+    shift
+    for name in "$@"; do
+        for pid in $(pgrep -x "$name"); do
+            list=$(taskset -p -c "$pid" 2>/dev/null | sed -n 's/.*: //p') || continue
+            [ -n "$list" ] || continue
+            taskset -a -p -c "$cpu" "$pid" >/dev/null 2>&1 || continue
+            restore_affinity+=("$pid $list")
+            case " $pinned " in *" $name "*) ;; *) pinned+="${pinned:+ }$name" ;; esac
+        done
+    done
+}
 
 # need_tools TOOL...: installs with apt-get those that are missing.
 need_tools() {

@@ -14,7 +14,8 @@
 #   STORES="none memory redis postgres"   stores to measure (none is always measured)
 #   FEATURES=redis,postgres               cargo features bench_server is built with
 #   PORT=18080       where bench_server listens, on 127.0.0.1
-#   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+
+#   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+,
+#                    and the local Redis and Postgres servers to wrk's, for the run only
 #   REDIS_URL, DATABASE_URL   passed on to bench_server
 #   SERVER=path      measure this bench_server binary (another build, another
 #                    implementation of its interface) instead of building one
@@ -41,6 +42,13 @@ if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     server_cpu=(taskset -c 0) wrk_cpu=(taskset -c 1)
 fi
 prepare_stores
+# The store's server shares wrk's CPU, not bench_server's. In a deployment it runs on
+# a machine of its own; on bench_server's CPU its work would be counted as the
+# attribute's, and each of its wake-ups would preempt the server (a Redis replay ran at
+# about half the throughput with Redis there as with it beside wrk).
+if [ ${#wrk_cpu[@]} -gt 0 ]; then
+    pin_processes 1 redis-server postgres
+fi
 
 runs() { curl -sf "$BASE/stats" | sed -E 's/.*"runs":([0-9]+).*/\1/'; }
 
@@ -108,7 +116,7 @@ ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION on loopback, median of $ROUNDS rounds;" \
-    "bench_server WORKERS=$WORKERS; $(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}."
+    "bench_server WORKERS=$WORKERS; $(nproc) CPUs${server_cpu[*]:+, server and wrk pinned to separate CPUs}${pinned:+, $pinned on the CPU of wrk}."
 echo "Ratios are to STORE=none (the same handler without the attribute) in this run:" \
     "above 1× is more throughput, or more latency. The range is that of the throughput ratio" \
     "within each round. Errors and handler runs are totals over the rounds."
