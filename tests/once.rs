@@ -9,6 +9,7 @@ use idempotent_runtime::{Idempotency, MemoryStore};
 
 mod support;
 use support::broken::Broken;
+use support::flaky::{Fault, Flaky};
 
 #[derive(serde::Serialize)]
 struct Event {
@@ -43,6 +44,32 @@ async fn a_redelivery_gets_the_stored_result() {
     let emails = idempotency.once("emails");
     let other = emails.run("evt_1", &EVENT, || counted(&runs)).await;
     assert_eq!(other.ok(), Some(Outcome::Ran(2)));
+}
+
+/// The result of work whose completion the store failed for a while is still recorded
+/// once the store answers again, so a redelivery gets it rather than running the work.
+#[tokio::test]
+async fn a_result_the_store_failed_to_record_for_a_while_is_kept_once_it_answers() {
+    // The three attempts before `run` returns and the first one after it fail.
+    let idempotency = Idempotency::new(Flaky::new(Fault::FailedCompletes(4)));
+    let refunds = idempotency.once("refunds");
+    let runs = AtomicUsize::new(0);
+    let first = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
+    assert_eq!(first.ok(), Some(Outcome::Ran(1)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match refunds.run("evt_1", &EVENT, || counted(&runs)).await {
+            Ok(Outcome::Replayed(1)) => break,
+            Err(OnceError::InFlight { .. }) => {}
+            other => panic!("expected the replay or in flight, got {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the result was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

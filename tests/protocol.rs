@@ -859,9 +859,11 @@ async fn durations_too_long_for_a_deadline_are_cut_not_a_panic() {
     );
     assert_eq!(runs.get(), 3);
 
-    // A completion that fails is not retried past the lease's third, however long the
-    // store may take; the client still gets its answer.
-    let (app, _) = app_with(forever(Idempotency::new(Flaky::new(Fault::FailedComplete))));
+    // A completion that fails holds the answer back for no more than the lease's third,
+    // however long the store may take; the client still gets its answer.
+    let (app, _) = app_with(forever(Idempotency::new(Flaky::new(
+        Fault::FailedCompletes(1),
+    ))));
     let first = send(&app, post_with("/create", "k", "x")).await;
     assert_eq!(first.status, StatusCode::CREATED);
 }
@@ -975,7 +977,7 @@ async fn the_handler_keeps_the_requests_task_locals_while_the_store_answers_late
 
 #[tokio::test]
 async fn a_failed_completion_is_retried_so_the_retry_gets_the_replay() {
-    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedComplete)));
+    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedCompletes(1))));
     let first = send(&app, post_with("/create", "k", "x")).await;
     assert_eq!(first.status, StatusCode::CREATED);
     let retry = send(&app, post_with("/create", "k", "x")).await;
@@ -985,6 +987,57 @@ async fn a_failed_completion_is_retried_so_the_retry_gets_the_replay() {
         retry.status
     );
     assert_eq!(runs.get(), 1);
+}
+
+/// A completion that still fails after the quick retries is tried again once the
+/// response has gone out: when the store answers again within the lease, the record is
+/// kept and a retry gets the replay, not a second execution.
+#[tokio::test]
+async fn a_completion_the_store_failed_for_a_while_is_kept_once_it_answers() {
+    // The three quick attempts and the first one in the background fail.
+    let (app, runs) = app_with(Idempotency::new(Flaky::new(Fault::FailedCompletes(4))));
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let retry = send(&app, post_with("/create", "k", "x")).await;
+        if retry.replayed() {
+            assert_eq!(retry.body, first.body);
+            break;
+        }
+        assert_eq!(
+            retry.status,
+            StatusCode::CONFLICT,
+            "in flight until the completion lands"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the completion was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runs.get(), 1);
+}
+
+/// A completion that never lands is given up about a lease after the response: `drain`
+/// returns, and once the lease has lapsed the key runs again.
+#[tokio::test]
+async fn a_completion_that_never_lands_is_given_up_and_frees_the_key() {
+    let lease = Duration::from_millis(300);
+    let idempotency = Idempotency::new(Flaky::new(Fault::FailedCompletes(u32::MAX)))
+        .with_lease(lease)
+        .with_store_timeout(Duration::from_millis(50));
+    let (app, runs) = app_with(idempotency.clone());
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::timeout(Duration::from_secs(10), idempotency.drain())
+        .await
+        .expect("the background completion gives up");
+    tokio::time::sleep(lease).await;
+    let retry = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(!retry.replayed());
+    assert_eq!(runs.get(), 2);
 }
 
 /// A store that panics fails the request with a problem that does not promise a retry

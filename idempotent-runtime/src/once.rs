@@ -45,10 +45,12 @@
 //! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
 //! | `Err(OnceError::Unreadable(_))` | it ran before, but its stored result does not read back as `T` | dead-letter |
 //!
-//! `Ran` means the work ran, not always that its result was recorded: when the store
-//! keeps failing the completion (it is tried again for up to a third of the lease) or
-//! refuses it, that is logged, and a duplicate delivered once the lease has lapsed runs
-//! the work again. Make work whose second run would do harm check for its own effect
+//! `Ran` means the work ran, not always that its result was recorded. A completion the
+//! store fails is tried again for up to a third of the lease before `run` returns, then
+//! in the background for up to one more lease (as for a request, see the crate docs), so
+//! a store that comes back in that time still gets the record. When the store stays away
+//! or refuses the completion, that is logged, and a duplicate delivered once the lease
+//! has lapsed runs the work again. Make work whose second run would do harm check for its own effect
 //! too (a unique constraint on the refund, say).
 //!
 //! `Unreadable` means the work ran: a redelivery would only get the same error until the

@@ -870,9 +870,59 @@ impl Execution {
                 tracing::warn!(target: TARGET, key = short(&self.key), "completion refused after a failed attempt: that attempt stored the response, or the claim was taken over after its lease lapsed");
             }
             None => {
-                tracing::error!(target: TARGET, key = short(&self.key), "response not stored: the store is unavailable; the key frees up when the lease lapses");
+                tracing::error!(target: TARGET, key = short(&self.key), "response not stored yet: the store is unavailable; trying again in the background for up to a lease");
+                self.complete_later(stored.clone());
             }
         }
+    }
+
+    /// Goes on trying a completion that `settle` gave up on, in a task of its own, so
+    /// that the response is not held back meanwhile. If the store comes back while the
+    /// claim is still this request's, the record is kept after all and a retry gets the
+    /// replay instead of running the handler a second time: within the lease for the
+    /// memory and Redis stores, and even after it for Postgres, as long as nobody has
+    /// claimed the key again. Tried for up to one lease more, and counted as work under
+    /// way, so that [`Idempotency::drain`] waits for it.
+    fn complete_later(&self, stored: StoredResponse) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(target: TARGET, key = short(&self.key), "response not stored: no tokio runtime to try again in; the key frees up when the lease lapses");
+            return;
+        };
+        let idempotency = self.idempotency.clone();
+        let working = idempotency.working();
+        let (key, token, ttl) = (self.key.clone(), self.token, self.ttl);
+        let until = tokio::time::Instant::now().checked_add(self.lease);
+        let later = async move {
+            let _working = working;
+            let mut backoff = LATER_FIRST_BACKOFF;
+            loop {
+                let wake = tokio::time::Instant::now() + backoff;
+                if until.is_some_and(|until| wake >= until) {
+                    break;
+                }
+                tokio::time::sleep_until(wake).await;
+                let completion = idempotency.store().complete(&key, token, &stored, ttl);
+                match within(idempotency.store_timeout(), completion).await {
+                    Ok(Ok(true)) => {
+                        tracing::warn!(target: TARGET, key = short(&key), status = stored.status().as_u16(), "completed late, once the store answered again");
+                        return;
+                    }
+                    Ok(Ok(false)) => {
+                        tracing::warn!(target: TARGET, key = short(&key), "late completion refused: an earlier attempt stored the response, or the lease lapsed and the claim is gone");
+                        return;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(target: TARGET, key = short(&key), error = %err, "late completion failed; will retry");
+                    }
+                    Err(_) => {
+                        tracing::debug!(target: TARGET, key = short(&key), "late completion timed out; will retry");
+                    }
+                }
+                backoff = (backoff * 2).min(LATER_MAX_BACKOFF);
+            }
+            tracing::error!(target: TARGET, key = short(&key), "response not stored: the store stayed unavailable for a lease after the handler answered; a retry runs the handler again");
+        };
+        runtime.spawn(tracing::Instrument::in_current_span(later));
     }
 
     pub(crate) async fn release(&self) {
@@ -924,8 +974,13 @@ pub(crate) async fn release(
     }
 }
 
-/// How often a completion or release is tried before the key is left to its lease.
+/// How often a completion or release is tried before the key is left to its lease (a
+/// release) or to `complete_later` (a completion).
 const SETTLE_ATTEMPTS: u32 = 3;
+
+/// The first wait of `complete_later`, doubled after each failure up to the second.
+const LATER_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LATER_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs `op`, the last store operation of a claim, retrying a failure or a time-out a
 /// couple of times while the lease surely still holds (within a third of it, the renewal

@@ -14,8 +14,8 @@ pub enum Fault {
     /// The first claim takes effect and answers only after this delay, even if its
     /// caller stopped waiting.
     SlowClaim(Duration),
-    /// The first completion fails without taking effect.
-    FailedComplete,
+    /// The first this many completions fail without taking effect.
+    FailedCompletes(u32),
     /// The first completion takes effect, but its answer is lost: an error.
     LostComplete,
     /// The first release fails without taking effect.
@@ -65,7 +65,7 @@ impl Flaky {
     /// Whether this call of `op` is one that misbehaves.
     fn strikes(&self, op: Fault) -> bool {
         let times = match op {
-            Fault::FailedRenewals(times) => times,
+            Fault::FailedRenewals(times) | Fault::FailedCompletes(times) => times,
             _ => 1,
         };
         self.fault == op && self.struck.fetch_add(1, Ordering::SeqCst) < times
@@ -120,7 +120,9 @@ impl Store for Flaky {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        if self.strikes(Fault::FailedComplete) {
+        if let Fault::FailedCompletes(_) = self.fault
+            && self.strikes(self.fault)
+        {
             return Err(StoreError::new("connection reset"));
         }
         if self.strikes(Fault::PanickingComplete) {
