@@ -896,10 +896,12 @@ impl Execution {
             let _working = working;
             let mut backoff = LATER_FIRST_BACKOFF;
             loop {
-                let wake = tokio::time::Instant::now() + backoff;
-                if until.is_some_and(|until| wake >= until) {
-                    break;
-                }
+                // The last attempt is at the end of the window, however the backoff falls.
+                let next = tokio::time::Instant::now() + backoff;
+                let (wake, last) = match until {
+                    Some(until) if next >= until => (until, true),
+                    _ => (next, false),
+                };
                 tokio::time::sleep_until(wake).await;
                 let completion = idempotency.store().complete(&key, token, &stored, ttl);
                 match within(idempotency.store_timeout(), completion).await {
@@ -917,6 +919,9 @@ impl Execution {
                     Err(_) => {
                         tracing::debug!(target: TARGET, key = short(&key), "late completion timed out; will retry");
                     }
+                }
+                if last {
+                    break;
                 }
                 backoff = (backoff * 2).min(LATER_MAX_BACKOFF);
             }
