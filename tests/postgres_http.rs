@@ -178,6 +178,108 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
+/// Lets a test act between a handler's start and its answer.
+#[derive(Clone, Default)]
+struct Gate {
+    started: Arc<tokio::sync::Notify>,
+    answer: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Clone, FromRef)]
+struct GatedState {
+    runs: Arc<AtomicUsize>,
+    gate: Gate,
+    idempotency: Idempotency,
+}
+
+/// `create_order` whose first run waits for the test's word before it answers.
+#[idempotent(ttl = "1h", key = header)]
+async fn gated_order(
+    State(runs): State<Arc<AtomicUsize>>,
+    State(gate): State<Gate>,
+    Json(order): Json<Order>,
+) -> impl IntoResponse {
+    let id = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    if id == 1 {
+        gate.started.notify_one();
+        gate.answer.notified().await;
+    }
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"order_id": id, "item": order.item, "qty": order.qty})),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_outage_kept_from_the_database_is_stored_once_it_is_back() {
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    let through_forwarder = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(forwarder.connect_options())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(through_forwarder)
+        .with_schema(schema.name())
+        .unwrap();
+    store.migrate().await.unwrap();
+    let idempotency = Idempotency::new(store)
+        .with_store_timeout(Duration::from_secs(1))
+        .with_lease(Duration::from_secs(10));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Gate::default();
+    let app = Router::new()
+        .route("/orders", post(gated_order))
+        .with_state(GatedState {
+            runs: Arc::clone(&runs),
+            gate: gate.clone(),
+            idempotency,
+        });
+    let order = r#"{"item":"widget","qty":1}"#;
+
+    // The database goes away after the claim, while the handler runs.
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "cut-off", order).await }
+    });
+    gate.started.notified().await;
+    forwarder.cut().await;
+    gate.answer.notify_one();
+    let first = first.await.unwrap();
+    assert_eq!(
+        first.status(),
+        StatusCode::CREATED,
+        "the answer is not held back"
+    );
+    let first_body = body(first).await;
+
+    // Back well within the lease: the response is stored after all, and the retry gets it.
+    forwarder.restore().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let retry = send(&app, "cut-off", order).await;
+        if retry.headers().contains_key("idempotent-replayed") {
+            assert_eq!(body(retry).await, first_body);
+            break;
+        }
+        assert!(
+            matches!(
+                retry.status(),
+                StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+            ),
+            "in flight (or the pool still reconnecting) until the response is stored, got {}",
+            retry.status()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the response was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+}
+
 /// A migrated store in `schema` over one connection through `forwarder`, not pinged before
 /// use, so every statement through the forwarder is the store's. (sqlx still pings it
 /// when it goes back to the pool, off the request's path; `round_trips` leaves those
