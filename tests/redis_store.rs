@@ -420,3 +420,84 @@ async fn corrupt_records_are_store_errors() {
         let _: () = conn.del(store.record_key(name)).await.unwrap();
     }
 }
+
+/// Claims issued in the same turn go to Redis as one pipeline, and each gets its own
+/// answer: in order, and with an error for the one that fails alone.
+#[tokio::test]
+async fn claims_sent_together_each_get_their_own_answer() {
+    let prefix = support::unique_prefix("together");
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let mut conn = raw_connection(&shared_url()).await;
+    let _: () = conn
+        .hset(store.record_key("hash"), "state", "completed")
+        .await
+        .unwrap();
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let Claim::Acquired(token) = store.claim("done", fp, lease).await.unwrap() else {
+        panic!("a new key is acquired")
+    };
+    let response = StoredResponse::new(StatusCode::CREATED, Default::default(), "7".into());
+    assert!(
+        store
+            .complete("done", token, &response, lease)
+            .await
+            .unwrap()
+    );
+
+    // Polled together, in one task: one turn.
+    let (first, other, hash, done, again) = tokio::join!(
+        store.claim("a", fp, lease),
+        store.claim("b", fp, lease),
+        store.claim("hash", fp, lease),
+        store.claim("done", fp, lease),
+        store.claim("a", fp, lease),
+    );
+    assert!(matches!(first, Ok(Claim::Acquired(_))), "{first:?}");
+    assert!(matches!(other, Ok(Claim::Acquired(_))), "{other:?}");
+    assert!(
+        hash.is_err(),
+        "another type under the key fails its claim alone"
+    );
+    assert!(
+        matches!(done, Ok(Claim::Existing(Record::Completed { ref response, .. })) if response.body().as_ref() == b"7"),
+        "{done:?}"
+    );
+    assert!(
+        matches!(again, Ok(Claim::Existing(Record::InFlight { .. }))),
+        "the second claim of `a` comes after the first: {again:?}"
+    );
+}
+
+/// A claim given up before its turn ended never reaches Redis, and the claims queued
+/// behind it are still sent.
+#[tokio::test]
+async fn a_claim_given_up_before_it_was_sent_leaves_nothing_and_holds_up_no_other() {
+    let prefix = support::unique_prefix("given-up");
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let mut first = Box::pin(store.claim("first", fp, lease));
+    let mut second = Box::pin(store.claim("second", fp, lease));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the claim behind the one given up is answered");
+    assert!(matches!(second, Ok(Claim::Acquired(_))), "{second:?}");
+    assert!(
+        matches!(
+            store.claim("first", fp, lease).await,
+            Ok(Claim::Acquired(_))
+        ),
+        "the claim given up was never sent"
+    );
+}

@@ -115,6 +115,21 @@
 //! A first execution costs two commands (claim, complete), a replay or a conflict one,
 //! and a handler slower than a third of the lease one more per renewal.
 //!
+//! # Claims sent together
+//!
+//! On a single server, the claims and lookups that requests issue in the same turn of
+//! the tokio scheduler go to Redis together, as one pipeline. The first request of a
+//! turn queues its command and yields once; the requests that run meanwhile queue
+//! theirs behind it; it then sends them all in one write and hands each request its own
+//! answer (a command that fails, fails its own request alone). The connection is
+//! multiplexed either way, but without this each command went out in a write of its
+//! own: a system call per request, and on loopback the receiving side's work as well.
+//! Under load, with 32 connections on one worker thread, Redis replays went from about
+//! 0.8 writes to Redis per request to about 0.1, and served from a tenth to two thirds
+//! more requests a second in back-to-back runs on a noisy two-core machine. A request
+//! alone in its turn pays one yield of its task. A claim given up before its turn ended
+//! is not sent at all. The scripts, and every command on a Cluster, are sent one by one.
+//!
 //! # Fencing tokens
 //!
 //! The token is drawn by the client ([`FencingToken::random`], 64 random bits) and
@@ -145,6 +160,9 @@ use ::redis::{Client, Cmd, IntoConnectionInfo, RedisError, Script, ScriptInvocat
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
 use crate::{Fingerprint, StoredResponse};
+
+mod batch;
+use batch::Batch;
 
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/renew.lua")));
 static COMPLETE: LazyLock<Script> =
@@ -177,14 +195,15 @@ pub struct RedisStore {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    /// Plain commands (claims, lookups) are sent in batches, scripts one by one.
+    Single(ConnectionManager, Batch),
     Cluster(ClusterConnection),
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.connection {
-            Connection::Single(_) => "single node",
+            Connection::Single(..) => "single node",
             Connection::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
@@ -204,7 +223,7 @@ impl RedisStore {
     /// The scripts are loaded on first use; call [`load_scripts`](Self::load_scripts)
     /// to do it up front.
     pub fn new(connection: ConnectionManager) -> Self {
-        Self::with_connection(Connection::Single(connection))
+        Self::with_connection(Connection::Single(connection, Batch::default()))
     }
 
     /// A store on a Redis Cluster, over the async Cluster client's connection.
@@ -347,13 +366,13 @@ impl RedisStore {
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut info = ::redis::cmd("INFO");
         info.arg("server");
-        if let Ok(reply) = self.query(&info).await {
+        if let Ok(reply) = self.query(info).await {
             check_version(&reply)?;
         }
         for script in [&RENEW, &COMPLETE, &RELEASE] {
             let invocation = script.prepare_invoke();
             let loaded = match &self.connection {
-                Connection::Single(c) => invocation.load_async(&mut c.clone()).await,
+                Connection::Single(c, _) => invocation.load_async(&mut c.clone()).await,
                 Connection::Cluster(c) => invocation.load_async(&mut c.clone()).await,
             };
             loaded.map_err(|e| error("cannot load the scripts into Redis", e))?;
@@ -363,14 +382,14 @@ impl RedisStore {
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, RedisError> {
         match &self.connection {
-            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+            Connection::Single(c, _) => invocation.invoke_async(&mut c.clone()).await,
             Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
         }
     }
 
-    async fn query(&self, command: &Cmd) -> Result<Value, RedisError> {
+    async fn query(&self, command: Cmd) -> Result<Value, RedisError> {
         match &self.connection {
-            Connection::Single(c) => command.query_async(&mut c.clone()).await,
+            Connection::Single(c, batch) => batch.query(c, command).await,
             Connection::Cluster(c) => command.query_async(&mut c.clone()).await,
         }
     }
@@ -598,7 +617,7 @@ impl Store for RedisStore {
                 .arg("GET")
                 .arg("PX")
                 .arg(millis(lease));
-            let reply = match self.query(&command).await {
+            let reply = match self.query(command).await {
                 Ok(reply) => reply,
                 Err(err) => {
                     // An error is not a refusal: the claim may be in Redis with nobody
@@ -674,7 +693,7 @@ impl Store for RedisStore {
         async move {
             let mut command = ::redis::cmd("GET");
             command.arg(&record_key);
-            match self.query(&command).await {
+            match self.query(command).await {
                 Ok(reply) => read_reply(&record_key, "lookup", reply),
                 Err(err) => Err(error("Redis lookup failed", err)),
             }
