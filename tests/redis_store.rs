@@ -501,3 +501,36 @@ async fn a_claim_given_up_before_it_was_sent_leaves_nothing_and_holds_up_no_othe
         "the claim given up was never sent"
     );
 }
+
+/// A server that forgot the scripts (restarted without them, or `SCRIPT FLUSH`ed) gets
+/// them again on first use: renew, complete and release still work, also when their
+/// commands go to Redis together with others.
+#[tokio::test]
+async fn scripts_the_server_forgot_are_loaded_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let (Ok(Claim::Acquired(a)), Ok(Claim::Acquired(b)), Ok(Claim::Acquired(c))) = tokio::join!(
+        store.claim("a", fp, lease),
+        store.claim("b", fp, lease),
+        store.claim("c", fp, lease),
+    ) else {
+        panic!("new keys are acquired")
+    };
+    server.cli(&["SCRIPT", "FLUSH"]).expect("flush the scripts");
+    let response = StoredResponse::new(StatusCode::CREATED, Default::default(), "7".into());
+    let (renewed, completed, released) = tokio::join!(
+        store.renew("a", a, lease),
+        store.complete("b", b, &response, lease),
+        store.release("c", c),
+    );
+    assert!(renewed.unwrap(), "renewed");
+    assert!(completed.unwrap(), "completed");
+    assert!(released.unwrap(), "released");
+    assert!(matches!(
+        store.lookup("b").await,
+        Ok(Some(Record::Completed { .. }))
+    ));
+    assert!(matches!(store.lookup("c").await, Ok(None)));
+}
