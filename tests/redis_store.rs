@@ -472,6 +472,45 @@ async fn claims_sent_together_each_get_their_own_answer() {
     );
 }
 
+/// Requests that claim in the same turn of the scheduler, each in a task of its own as
+/// requests are, reach Redis in one write: the server reads them in one go, where each
+/// command used to come in a read of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn claims_of_one_turn_reach_redis_in_one_write() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let reads = || -> u64 {
+        let info = server.cli(&["INFO", "stats"]).expect("INFO stats");
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("Redis counts its reads")
+    };
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let before = reads();
+    // Spawned from a task on the runtime's one worker, the claims all start in one turn.
+    let tasks = tokio::spawn({
+        let store = store.clone();
+        async move {
+            (0..50)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.claim(&format!("k{i}"), fp, lease).await })
+                })
+                .collect::<Vec<_>>()
+        }
+    })
+    .await
+    .unwrap();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), Ok(Claim::Acquired(_))));
+    }
+    // The second `INFO` is a read too.
+    let read = reads() - before - 1;
+    assert!(read <= 3, "50 claims came in {read} reads");
+}
+
 /// A claim given up before its turn ended never reaches Redis, and the claims queued
 /// behind it are still sent.
 #[tokio::test]
