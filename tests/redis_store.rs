@@ -541,6 +541,30 @@ async fn a_claim_given_up_before_it_was_sent_leaves_nothing_and_holds_up_no_othe
     );
 }
 
+/// A batch goes out even if the request whose command started it is held without
+/// being polled again: the other commands of its turn are answered, and so is it.
+#[tokio::test]
+async fn a_batch_goes_out_even_if_its_first_request_is_not_polled_again() {
+    let prefix = support::unique_prefix("held");
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let mut held = Box::pin(store.claim("held", fp, lease));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(held.as_mut().poll(&mut cx).is_pending());
+    let other = tokio::time::timeout(Duration::from_secs(5), store.claim("other", fp, lease))
+        .await
+        .expect("the other command of the turn is answered");
+    assert!(matches!(other, Ok(Claim::Acquired(_))), "{other:?}");
+    let held = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held request's answer waits for it");
+    assert!(matches!(held, Ok(Claim::Acquired(_))), "{held:?}");
+}
+
 /// A server that forgot the scripts (restarted without them, or `SCRIPT FLUSH`ed) gets
 /// them again on first use: renew, complete and release still work, also when their
 /// commands go to Redis together with others.

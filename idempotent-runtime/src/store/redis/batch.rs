@@ -6,15 +6,13 @@
 //! request that sends a command wakes that task, and tokio runs a task woken this way
 //! right after the one that woke it, so under load each command still went out in a
 //! write of its own: a system call, and on loopback the receiving side's work too, per
-//! command. Here the first request of a turn queues its command and yields; the requests
-//! that run meanwhile queue theirs behind it; it then sends the lot as one pipeline and
-//! hands each request its answer. A request alone in its turn costs one yield more.
+//! command. Here the first command of a turn starts a task that yields until the
+//! scheduler has run the other ready tasks; the requests that run meanwhile queue their
+//! commands behind it; the task then sends the lot as one pipeline and hands each
+//! request its answer. Sent from a task of its own, a batch goes out whatever becomes of
+//! the request that started it (finished, dropped, or held without being polled).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{Cmd, ErrorKind, Pipeline, RedisError, Value};
@@ -22,7 +20,7 @@ use tokio::sync::oneshot;
 
 type Reply = oneshot::Sender<Result<Value, RedisError>>;
 
-/// The commands waiting for the first of them to send them; shared by a store's clones.
+/// The commands of the current turn, waiting to be sent; shared by a store's clones.
 #[derive(Clone, Default)]
 pub(super) struct Batch(Arc<Mutex<Vec<(Cmd, Reply)>>>);
 
@@ -40,52 +38,28 @@ impl Batch {
             queued.len() == 1
         };
         if first {
-            let mut sender = Sender {
-                batch: self.clone(),
-                connection: Some(connection.clone()),
+            let (batch, mut connection) = (self.clone(), connection.clone());
+            let turn = async move {
+                tokio::task::yield_now().await;
+                let queued = std::mem::take(&mut *batch.lock());
+                send(&mut connection, queued).await;
             };
-            EndOfTurn::default().await;
-            sender.send().await;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(turn)),
+                // Outside tokio (where the connection cannot run either): from here.
+                Err(_) => turn.await,
+            }
         }
         answer.await.unwrap_or_else(|_| {
             Err(RedisError::from((
                 ErrorKind::Io,
-                "the request that was to send this command to Redis was dropped",
+                "the command was dropped unsent: the runtime shut down",
             )))
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Cmd, Reply)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The first request's duty to send the queue. Dropped before it did (the request was
-/// cancelled while it yielded), it sends the queue from a task of its own, so that the
-/// others are not left waiting.
-struct Sender {
-    batch: Batch,
-    connection: Option<ConnectionManager>,
-}
-
-impl Sender {
-    async fn send(&mut self) {
-        if let Some(mut connection) = self.connection.take() {
-            let queued = std::mem::take(&mut *self.batch.lock());
-            send(&mut connection, queued).await;
-        }
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        let Some(mut connection) = self.connection.take() else {
-            return;
-        };
-        let queued = std::mem::take(&mut *self.batch.lock());
-        if let (false, Ok(runtime)) = (queued.is_empty(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move { send(&mut connection, queued).await });
-        }
     }
 }
 
@@ -130,63 +104,5 @@ async fn send_pipeline(connection: &mut ConnectionManager, queued: Vec<(Cmd, Rep
 fn answer_all(replies: Vec<Reply>, err: &RedisError) {
     for reply in replies {
         let _ = reply.send(Err(err.clone()));
-    }
-}
-
-/// Ready once the scheduler has run the other tasks that were ready when it was first
-/// polled, however often it is polled before: a timeout around the request polls it
-/// twice in a row, which would end a plain `yield_now` at once.
-#[derive(Default)]
-struct EndOfTurn(Option<Arc<Turn>>);
-
-/// The wake-up that ends the turn: recorded, then passed on to the task.
-struct Turn {
-    over: AtomicBool,
-    task: Mutex<Waker>,
-}
-
-impl Wake for Turn {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.over.store(true, Ordering::Release);
-        self.task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .wake_by_ref();
-    }
-}
-
-impl Future for EndOfTurn {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(turn) = &self.0 else {
-            let turn = Arc::new(Turn {
-                over: AtomicBool::new(false),
-                task: Mutex::new(cx.waker().clone()),
-            });
-            // tokio keeps this waker and wakes it once it has run out of ready tasks
-            // (outside tokio, at once).
-            let waker = Waker::from(Arc::clone(&turn));
-            let _ = std::pin::pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
-            self.0 = Some(turn);
-            return Poll::Pending;
-        };
-        if !turn.over.load(Ordering::Acquire) {
-            // The task may have moved (a request dropped mid-way goes on in a task of
-            // its own): the wake-up must reach it where it is now.
-            let mut task = turn.task.lock().unwrap_or_else(PoisonError::into_inner);
-            if !task.will_wake(cx.waker()) {
-                task.clone_from(cx.waker());
-            }
-        }
-        if turn.over.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
     }
 }
