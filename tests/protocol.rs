@@ -1040,6 +1040,21 @@ async fn a_completion_that_never_lands_is_given_up_and_frees_the_key() {
     assert_eq!(runs.get(), 2);
 }
 
+/// A drain does not wait a lease for a completion the store keeps failing: once it has
+/// begun, the next attempt is the last.
+#[tokio::test]
+async fn a_drain_cuts_a_failing_completion_short() {
+    let idempotency = Idempotency::new(Flaky::new(Fault::FailedCompletes(u32::MAX)))
+        .with_store_timeout(Duration::from_millis(50));
+    let (app, runs) = app_with(idempotency.clone());
+    let first = send(&app, post_with("/create", "k", "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::timeout(Duration::from_secs(15), idempotency.drain())
+        .await
+        .expect("the drain ends the attempts, not the 60 s lease");
+    assert_eq!(runs.get(), 1);
+}
+
 /// A store that panics fails the request with a problem that does not promise a retry
 /// runs again: the handler ran, and its key stays claimed until the lease lapses.
 #[tokio::test]

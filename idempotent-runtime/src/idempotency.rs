@@ -142,6 +142,11 @@ impl Idempotency {
         self.inner.working.token()
     }
 
+    /// Whether [`drain`](Self::drain) has been called.
+    pub(crate) fn draining(&self) -> bool {
+        self.inner.working.is_closed()
+    }
+
     fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(Arc::make_mut(&mut self.inner));
         self

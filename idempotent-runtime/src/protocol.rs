@@ -882,7 +882,9 @@ impl Execution {
     /// replay instead of running the handler a second time: within the lease for the
     /// memory and Redis stores, and even after it for Postgres, as long as nobody has
     /// claimed the key again. Tried for up to one lease more, and counted as work under
-    /// way, so that [`Idempotency::drain`] waits for it.
+    /// way, so that [`Idempotency::drain`] waits for it; once the drain has begun, the
+    /// next attempt is the last, so that a store that went away with the app does not
+    /// hold its shutdown for a lease.
     fn complete_later(&self, stored: StoredResponse) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(target: TARGET, key = short(&self.key), "response not stored: no tokio runtime to try again in; the key frees up when the lease lapses");
@@ -903,6 +905,7 @@ impl Execution {
                     _ => (next, false),
                 };
                 tokio::time::sleep_until(wake).await;
+                let last = last || idempotency.draining();
                 let completion = idempotency.store().complete(&key, token, &stored, ttl);
                 match within(idempotency.store_timeout(), completion).await {
                     Ok(Ok(true)) => {
@@ -925,7 +928,7 @@ impl Execution {
                 }
                 backoff = (backoff * 2).min(LATER_MAX_BACKOFF);
             }
-            tracing::error!(target: TARGET, key = short(&key), "response not stored: the store stayed unavailable for a lease after the handler answered; a retry runs the handler again");
+            tracing::error!(target: TARGET, key = short(&key), "response not stored: the store stayed unavailable for a lease after the handler answered, or until the app was drained; a retry runs the handler again");
         };
         runtime.spawn(tracing::Instrument::in_current_span(later));
     }
