@@ -108,10 +108,9 @@ async fn first_request_runs_retry_replays_other_body_is_rejected() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_fails_closed_and_the_app_recovers() {
-    let schema = TestSchema::new();
-    let forwarder = Forwarder::to_database().await;
+/// A migrated store in `schema` over a small pool through `forwarder`, whose connections
+/// are given up after half a second when the forwarder is cut.
+async fn store_behind(forwarder: &Forwarder, schema: &TestSchema) -> PostgresStore {
     let through_forwarder = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_millis(500))
@@ -122,6 +121,14 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
         .with_schema(schema.name())
         .unwrap();
     store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_fails_closed_and_the_app_recovers() {
+    let schema = TestSchema::new();
+    let forwarder = Forwarder::to_database().await;
+    let store = store_behind(&forwarder, &schema).await;
     let (app, runs) = app(Idempotency::new(store).with_store_timeout(Duration::from_secs(1)));
     let order = r#"{"item":"widget","qty":1}"#;
 
@@ -214,16 +221,7 @@ async fn gated_order(
 async fn a_response_the_outage_kept_from_the_database_is_stored_once_it_is_back() {
     let schema = TestSchema::new();
     let forwarder = Forwarder::to_database().await;
-    let through_forwarder = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_with(forwarder.connect_options())
-        .await
-        .unwrap();
-    let store = PostgresStore::new(through_forwarder)
-        .with_schema(schema.name())
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = store_behind(&forwarder, &schema).await;
     let idempotency = Idempotency::new(store)
         .with_store_timeout(Duration::from_secs(1))
         .with_lease(Duration::from_secs(10));

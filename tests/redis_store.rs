@@ -226,6 +226,14 @@ async fn each_protocol_step_is_one_command() {
     );
 }
 
+/// A store on the shared server, under a prefix of its own named after `name`.
+async fn store_on_shared_server(name: &str) -> RedisStore {
+    RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .with_prefix(support::unique_prefix(name))
+}
+
 async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
     conn.pttl(key).await.unwrap()
 }
@@ -340,11 +348,7 @@ async fn prefixes_separate_apps_on_one_server() {
 /// panic, and the protocol fails closed on it: 503, the handler not run.
 #[tokio::test]
 async fn corrupt_records_are_store_errors() {
-    let prefix = support::unique_prefix("corrupt");
-    let store = RedisStore::connect(shared_url())
-        .await
-        .unwrap()
-        .with_prefix(&prefix);
+    let store = store_on_shared_server("corrupt").await;
     let mut conn = raw_connection(&shared_url()).await;
     let fp = Fingerprint::of_bytes(b"x");
     let lease = Duration::from_secs(30);
@@ -425,11 +429,7 @@ async fn corrupt_records_are_store_errors() {
 /// answer: in order, and with an error for the one that fails alone.
 #[tokio::test]
 async fn claims_sent_together_each_get_their_own_answer() {
-    let prefix = support::unique_prefix("together");
-    let store = RedisStore::connect(shared_url())
-        .await
-        .unwrap()
-        .with_prefix(&prefix);
+    let store = store_on_shared_server("together").await;
     let mut conn = raw_connection(&shared_url()).await;
     let _: () = conn
         .hset(store.record_key("hash"), "state", "completed")
@@ -515,11 +515,7 @@ async fn claims_of_one_turn_reach_redis_in_one_write() {
 /// behind it are still sent.
 #[tokio::test]
 async fn a_claim_given_up_before_it_was_sent_leaves_nothing_and_holds_up_no_other() {
-    let prefix = support::unique_prefix("given-up");
-    let store = RedisStore::connect(shared_url())
-        .await
-        .unwrap()
-        .with_prefix(&prefix);
+    let store = store_on_shared_server("given-up").await;
     let fp = Fingerprint::of_bytes(b"order");
     let lease = Duration::from_secs(30);
     let mut first = Box::pin(store.claim("first", fp, lease));
@@ -545,11 +541,7 @@ async fn a_claim_given_up_before_it_was_sent_leaves_nothing_and_holds_up_no_othe
 /// being polled again: the other commands of its turn are answered, and so is it.
 #[tokio::test]
 async fn a_batch_goes_out_even_if_its_first_request_is_not_polled_again() {
-    let prefix = support::unique_prefix("held");
-    let store = RedisStore::connect(shared_url())
-        .await
-        .unwrap()
-        .with_prefix(&prefix);
+    let store = store_on_shared_server("held").await;
     let fp = Fingerprint::of_bytes(b"order");
     let lease = Duration::from_secs(30);
     let mut held = Box::pin(store.claim("held", fp, lease));
