@@ -50,8 +50,8 @@
 //! in the background for up to one more lease (as for a request, see the crate docs), so
 //! a store that comes back in that time still gets the record. When the store stays away
 //! or refuses the completion, that is logged, and a duplicate delivered once the lease
-//! has lapsed runs the work again. Make work whose second run would do harm check for its own effect
-//! too (a unique constraint on the refund, say).
+//! has lapsed runs the work again. Make work whose second run would do harm check for
+//! its own effect too (a unique constraint on the refund, say).
 //!
 //! `Unreadable` means the work ran: a redelivery would only get the same error until the
 //! record expires, and then run the work a second time. It comes from a result type

@@ -122,9 +122,9 @@
 //! go to Redis together, as one pipeline. The first command of a turn starts a task
 //! that yields once; the requests that run meanwhile queue their commands behind it;
 //! the task then sends them all in one write and hands each request its own answer (a
-//! command that fails, fails its own request alone). The connection is multiplexed either way,
-//! but without this each command went out in a write of its own: a system call per
-//! command, and on loopback the receiving side's work as well. Under load, with 32
+//! command that fails, fails its own request alone). The connection is multiplexed
+//! either way, but without this each command went out in a write of its own: a system
+//! call per command, and on loopback the receiving side's work as well. Under load, with 32
 //! connections on one worker thread, Redis replays went from about 0.8 writes to Redis
 //! per request to about 0.1, and served from a tenth to two thirds more requests a
 //! second in back-to-back runs on a noisy two-core machine. A request alone in its turn
