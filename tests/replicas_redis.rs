@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use idempotent_runtime::{Idempotency, RedisStore};
+use idempotent_runtime::store::TieredStore;
+use idempotent_runtime::{Idempotency, MemoryStore, RedisStore};
 use support::redis_server::{RedisServer, shared_url};
 use support::replicas::{self, Client, Order, Replicas};
 
@@ -24,6 +25,18 @@ async fn a_storm_over_replicas_runs_the_handler_once_per_key() {
     let prefix = support::unique_prefix("storm");
     let url = shared_url();
     replicas::storm_runs_the_handler_once_per_key(|| store(&url, &prefix)).await;
+}
+
+/// The same storm with each replica keeping copies of completed responses in its own
+/// memory: Redis still decides every claim, so the handler still runs once per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_over_replicas_with_copies_in_memory_runs_the_handler_once_per_key() {
+    let prefix = support::unique_prefix("storm-copies");
+    let url = shared_url();
+    replicas::storm_runs_the_handler_once_per_key(|| async {
+        TieredStore::new(store(&url, &prefix).await, MemoryStore::new())
+    })
+    .await;
 }
 
 /// A replica dies in the middle of a request: another answers 409 while the lease lasts,

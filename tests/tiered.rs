@@ -111,11 +111,12 @@ async fn a_miss_fills_the_fast_store_from_the_durable_one() {
     }
 }
 
-/// The copy made after a completion carries the fingerprint read back from the durable
-/// store; when what is read back is another request's record, nothing is copied, since
-/// the copy would replay this response to that other request.
+/// A completion is copied to the fast store with its claim's fingerprint, for what is
+/// left of its TTL: when the durable record expired (and another request's took its
+/// place) before the completion's answer came back, nothing is copied, since the copy
+/// would answer for a key the durable store has let go.
 #[tokio::test]
-async fn a_completion_copies_nothing_when_the_record_was_replaced() {
+async fn a_copy_never_outlives_the_durable_record() {
     let store = TieredStore::new(Flaky::new(Fault::ReplacedComplete), MemoryStore::new());
     let key = format!("{}:replaced", unique_prefix());
     let Claim::Acquired(token) = store
@@ -125,17 +126,83 @@ async fn a_completion_copies_nothing_when_the_record_was_replaced() {
     else {
         panic!("a new key is acquired");
     };
+    let ttl = Duration::from_millis(50);
     assert!(
         store
-            .complete(&key, token, &sample_response(), LONG)
+            .complete(&key, token, &sample_response(), ttl)
             .await
             .expect("complete")
     );
-    // The other request gets its own response, not this one's.
+    assert_eq!(store.fast().lookup(&key).await.expect("lookup"), None);
+    // The other request gets its own response, not a 422 from a stale copy.
     match store.claim(&key, replacing_fingerprint(), LONG).await {
         Ok(Claim::Existing(Record::Completed { response, .. })) => {
             assert_eq!(response, replacing_response());
         }
         other => panic!("expected the other request's response, got {other:?}"),
     }
+}
+
+/// A first execution costs the durable store a claim and a completion, nothing more: the
+/// copy's fingerprint comes from the claim, not from reading the record back.
+#[tokio::test]
+async fn a_first_execution_reaches_the_durable_store_twice() {
+    let durable_calls = Calls::default();
+    let store = TieredStore::new(
+        Counting::new(MemoryStore::new(), &durable_calls),
+        MemoryStore::new(),
+    );
+    let key = format!("{}:twice", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    assert!(
+        store
+            .complete(&key, token, &sample_response(), LONG)
+            .await
+            .expect("complete")
+    );
+    assert_eq!(
+        (durable_calls.of(Op::Claim), durable_calls.of(Op::Complete)),
+        (1, 1)
+    );
+    assert_eq!(durable_calls.total(), 2, "no other durable call");
+    assert_eq!(
+        store.fast().lookup(&key).await.expect("lookup"),
+        Some(Record::Completed {
+            fingerprint: fp,
+            response: sample_response()
+        }),
+        "the copy carries the claim's fingerprint"
+    );
+}
+
+/// A completion that failed leaves the claim in place, and the protocol tries it again:
+/// the retry, once accepted, is still copied.
+#[tokio::test]
+async fn a_completion_accepted_on_its_second_try_is_copied() {
+    let store = TieredStore::new(Flaky::new(Fault::FailedCompletes(1)), MemoryStore::new());
+    let key = format!("{}:second-try", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    assert!(
+        store
+            .complete(&key, token, &sample_response(), LONG)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.fast().lookup(&key).await.expect("lookup"), None);
+    assert!(
+        store
+            .complete(&key, token, &sample_response(), LONG)
+            .await
+            .expect("complete")
+    );
+    assert!(matches!(
+        store.fast().lookup(&key).await,
+        Ok(Some(Record::Completed { fingerprint, .. })) if fingerprint == fp
+    ));
 }

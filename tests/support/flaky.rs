@@ -26,9 +26,9 @@ pub enum Fault {
     LostLease,
     /// The first completion panics, as a store of one's own with a bug might.
     PanickingComplete,
-    /// The first completion takes effect, then its record expires and another request's
-    /// ([`replacing_fingerprint`], [`replacing_response`]) takes its place before
-    /// anything can read it back: a TTL shorter than a round trip.
+    /// The first completion takes effect but answers only after its TTL has run out and
+    /// another request's record ([`replacing_fingerprint`], [`replacing_response`]) has
+    /// taken its place: a TTL shorter than a round trip.
     ReplacedComplete,
 }
 
@@ -129,11 +129,8 @@ impl Store for Flaky {
             panic!("a bug in the store's completion");
         }
         if self.strikes(Fault::ReplacedComplete) {
-            let completed = self
-                .inner
-                .complete(key, token, response, Duration::from_millis(1))
-                .await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let completed = self.inner.complete(key, token, response, ttl).await?;
+            tokio::time::sleep(ttl + Duration::from_millis(5)).await;
             let forever = Duration::from_secs(3600);
             let claim = self
                 .inner

@@ -12,8 +12,13 @@
 //!   store is filled with it for [`fill_ttl`](TieredStore::with_fill_ttl), so the next
 //!   retry is served from there;
 //! - a completion is written to the durable store first and, once it is accepted there,
-//!   read back from it for its fingerprint (a round trip more) and copied to the fast
-//!   store with the endpoint's TTL.
+//!   copied to the fast store with the fingerprint of its claim, for what is left of the
+//!   endpoint's TTL counted from before the durable write: the copy never outlives the
+//!   durable record, so it never answers for a key the durable store has let go. The
+//!   fingerprint comes from the claim this store granted, which it remembers until the
+//!   claim completes or is released (or, for a claim that never does, until a sweep
+//!   finds its lease lapsed). A completion whose claim it does not know copies nothing,
+//!   and the next claim of the key fills the fast store on its miss.
 //!
 //! Losing the fast store loses nothing: its errors are logged and ignored, and each of its
 //! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A fast store
@@ -24,6 +29,13 @@
 //! replay may still be served from the fast store up to `fill_ttl` after the durable
 //! record expired.
 //!
+//! The fast store may also be a [`MemoryStore`](crate::MemoryStore) in each replica: an
+//! in-process copy of completed responses in front of Redis or Postgres, so that a retry
+//! that reaches a replica which has seen the key is answered without a round trip. Each
+//! replica then fills its own copy, on its own completions and on its first miss of a
+//! key. Cap its size with [`MemoryStore::with_max_entries`](crate::MemoryStore::with_max_entries):
+//! once it is full, copies are skipped (with a warning) until its records expire.
+//!
 //! ```
 //! use idempotent_runtime::{Idempotency, MemoryStore, store::TieredStore};
 //!
@@ -33,8 +45,11 @@
 //! # let _ = idempotency;
 //! ```
 
+use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
 use crate::protocol::within;
@@ -51,6 +66,69 @@ pub struct TieredStore<D, F> {
     fast: F,
     fill_ttl: Duration,
     fast_timeout: Duration,
+    granted: Arc<Mutex<Granted>>,
+}
+
+/// The claims this store granted that have not completed or been released, by token:
+/// their key, fingerprint and lease deadline (`None`: past what an `Instant` holds).
+#[derive(Default)]
+struct Granted {
+    claims: HashMap<FencingToken, (Box<str>, Fingerprint, Option<Instant>)>,
+    /// The size at which the next insertion first drops the claims whose lease lapsed.
+    sweep_at: usize,
+}
+
+/// Claims that never complete nor are released (a completion given up during an outage)
+/// stay until a sweep finds their lease lapsed. Sweeps run when the map has doubled
+/// since the last, and not below this size.
+const SWEEP_FLOOR: usize = 1024;
+
+impl Granted {
+    fn insert(
+        &mut self,
+        key: &str,
+        token: FencingToken,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) {
+        let now = Instant::now();
+        if self.claims.len() >= self.sweep_at {
+            self.claims
+                .retain(|_, (_, _, deadline)| deadline.is_none_or(|deadline| deadline > now));
+            self.sweep_at = (self.claims.len() * 2).max(SWEEP_FLOOR);
+        }
+        self.claims
+            .insert(token, (key.into(), fingerprint, now.checked_add(lease)));
+    }
+
+    fn renew(&mut self, key: &str, token: FencingToken, lease: Duration) {
+        if let Some((claimed, _, deadline)) = self.claims.get_mut(&token)
+            && **claimed == *key
+        {
+            *deadline = Instant::now().checked_add(lease);
+        }
+    }
+
+    /// Forgets the claim; its fingerprint, if it was this key's.
+    fn remove(&mut self, key: &str, token: FencingToken) -> Option<Fingerprint> {
+        match self.claims.remove(&token) {
+            Some((claimed, fingerprint, _)) if *claimed == *key => Some(fingerprint),
+            Some(other) => {
+                // Another key's claim drew the same token (a store with tokens per key).
+                self.claims.insert(token, other);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl fmt::Debug for Granted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Granted")
+            .field("claims", &self.claims.len())
+            .finish()
+    }
 }
 
 impl<D: Store, F: Store> TieredStore<D, F> {
@@ -66,6 +144,7 @@ impl<D: Store, F: Store> TieredStore<D, F> {
             fast,
             fill_ttl: Self::DEFAULT_FILL_TTL,
             fast_timeout: Self::DEFAULT_FAST_TIMEOUT,
+            granted: Arc::default(),
         }
     }
 
@@ -119,6 +198,10 @@ impl<D: Store, F: Store> TieredStore<D, F> {
     /// The store that serves replays.
     pub fn fast(&self) -> &F {
         &self.fast
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, Granted> {
+        self.granted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs a fast-store operation; a failure or a time-out is logged and is `None`.
@@ -180,23 +263,28 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
             return Ok(Claim::Existing(record));
         }
         let claim = self.durable.claim(key, fingerprint, lease).await?;
-        if let Claim::Existing(Record::Completed {
-            fingerprint,
-            response,
-        }) = &claim
-        {
-            self.fill(key, *fingerprint, response, self.fill_ttl).await;
+        match &claim {
+            Claim::Acquired(token) => self.granted().insert(key, *token, fingerprint, lease),
+            Claim::Existing(Record::Completed {
+                fingerprint,
+                response,
+            }) => self.fill(key, *fingerprint, response, self.fill_ttl).await,
+            Claim::Existing(_) => {}
         }
         Ok(claim)
     }
 
-    fn renew(
+    async fn renew(
         &self,
         key: &str,
         token: FencingToken,
         lease: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.durable.renew(key, token, lease)
+    ) -> Result<bool, StoreError> {
+        let renewed = self.durable.renew(key, token, lease).await?;
+        if renewed {
+            self.granted().renew(key, token, lease);
+        }
+        Ok(renewed)
     }
 
     async fn complete(
@@ -206,30 +294,31 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        // The fingerprint is not passed to `complete`; read it back from the durable
-        // record, which the completion just wrote. Unless that record is gone already
-        // (a TTL shorter than a round trip) and another request's is there instead: its
-        // fingerprint would make the copy replay this response to that request.
-        if !self.durable.complete(key, token, response, ttl).await? {
+        let started = Instant::now();
+        // After an error the claim may still be in place, and the protocol try again:
+        // its fingerprint is kept for that.
+        let completed = self.durable.complete(key, token, response, ttl).await?;
+        let fingerprint = self.granted().remove(key, token);
+        if !completed {
             return Ok(false);
         }
-        if let Ok(Some(Record::Completed {
-            fingerprint,
-            response: stored,
-        })) = self.durable.lookup(key).await
-            && stored == *response
+        // The durable record expires `ttl` after the store wrote it, which was after
+        // `started`: a copy kept for `ttl` less the time since then expires first.
+        let left = ttl.saturating_sub(started.elapsed());
+        if let Some(fingerprint) = fingerprint
+            && !left.is_zero()
         {
-            self.fill(key, fingerprint, response, ttl).await;
+            self.fill(key, fingerprint, response, left).await;
         }
         Ok(true)
     }
 
-    fn release(
-        &self,
-        key: &str,
-        token: FencingToken,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.durable.release(key, token)
+    async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
+        let released = self.durable.release(key, token).await;
+        if released.is_ok() {
+            self.granted().remove(key, token);
+        }
+        released
     }
 
     async fn lookup(&self, key: &str) -> Result<Option<Record>, StoreError> {
@@ -237,5 +326,48 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
             Some(record) => Ok(Some(record)),
             None => self.durable.lookup(key).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims that never complete nor are released do not pile up once their leases
+    /// lapse, and live ones are never dropped.
+    #[test]
+    fn lapsed_claims_are_swept_and_live_ones_kept() {
+        let mut granted = Granted::default();
+        let fp = Fingerprint::of_bytes(b"order");
+        for token in 0..10 * SWEEP_FLOOR as u64 {
+            granted.insert("lapsed", FencingToken(token), fp, Duration::ZERO);
+            assert!(granted.claims.len() <= SWEEP_FLOOR);
+        }
+        let live = 10 * SWEEP_FLOOR as u64;
+        for token in live..2 * live {
+            granted.insert("live", FencingToken(token), fp, Duration::from_secs(60));
+        }
+        assert!(granted.claims.len() >= live as usize);
+        for token in live..2 * live {
+            assert_eq!(granted.remove("live", FencingToken(token)), Some(fp));
+        }
+    }
+
+    /// A token drawn for two keys: neither completion copies the other's fingerprint.
+    #[test]
+    fn a_token_of_another_key_gives_no_fingerprint() {
+        let mut granted = Granted::default();
+        let token = FencingToken(7);
+        granted.insert(
+            "a",
+            token,
+            Fingerprint::of_bytes(b"a"),
+            Duration::from_secs(60),
+        );
+        assert_eq!(granted.remove("b", token), None);
+        assert_eq!(
+            granted.remove("a", token),
+            Some(Fingerprint::of_bytes(b"a"))
+        );
     }
 }
