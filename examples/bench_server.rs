@@ -11,9 +11,12 @@
 //! - `BIND`: the listen address (default `127.0.0.1:8080`);
 //! - `WORKERS`: tokio worker threads (default: one per CPU);
 //! - `STORE`: `none` (the handler without the attribute), `memory` (default), `redis`
-//!   or `postgres`;
+//!   or `postgres`; or `tiered-redis` and `tiered-postgres`, where Redis or Postgres
+//!   decides and an in-process `MemoryStore` serves the replays of the responses it holds
+//!   (`TieredStore`);
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`), `DATABASE_URL` (default
-//!   `postgres://postgres@127.0.0.1:5432/test`): the server of `STORE=redis|postgres`;
+//!   `postgres://postgres@127.0.0.1:5432/test`): the server of `STORE=redis|postgres`
+//!   and of their tiered forms;
 //! - `RUST_LOG`: the log filter (default `warn`, so that logging does not weigh on the
 //!   numbers).
 //!
@@ -140,6 +143,8 @@ struct Config {
     bind: String,
     workers: usize,
     store: Option<StoreUrl>,
+    /// Whether an in-process copy of completed responses serves replays.
+    local_copies: bool,
 }
 
 fn env_or(name: &str, default: &str) -> Result<String, String> {
@@ -164,7 +169,12 @@ impl Config {
                 }
             },
         };
-        let store = match env_or("STORE", "memory")?.as_str() {
+        let store = env_or("STORE", "memory")?;
+        let (local_copies, shared) = match store.strip_prefix("tiered-") {
+            Some(shared @ ("redis" | "postgres")) => (true, shared),
+            _ => (false, store.as_str()),
+        };
+        let store = match shared {
             "none" => None,
             "memory" => Some(StoreUrl::Memory),
             "redis" => Some(url_for("REDIS_URL", "redis://127.0.0.1:6379", "redis")?),
@@ -173,9 +183,10 @@ impl Config {
                 "postgres://postgres@127.0.0.1:5432/test",
                 "postgres",
             )?),
-            other => {
+            _ => {
                 return Err(format!(
-                    "unknown `STORE={other}`: expected `none`, `memory`, `redis` or `postgres`"
+                    "unknown `STORE={store}`: expected `none`, `memory`, `redis`, `postgres`, \
+                     `tiered-redis` or `tiered-postgres`"
                 ));
             }
         };
@@ -183,6 +194,7 @@ impl Config {
             bind: env_or("BIND", "127.0.0.1:8080")?,
             workers,
             store,
+            local_copies,
         })
     }
 }
@@ -233,7 +245,7 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> Result<(), String> {
     let opened = match &config.store {
         None => None,
-        Some(store) => Some(store.open("idempotent_bench").await?),
+        Some(store) => Some(store.open("idempotent_bench", config.local_copies).await?),
     };
     let idempotency = opened.as_ref().map(|opened| opened.idempotency.clone());
     let listener = tokio::net::TcpListener::bind(&config.bind)
@@ -242,10 +254,13 @@ async fn serve(config: Config) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|err| format!("cannot read the listening address: {err}"))?;
-    let store = config
+    let mut store = config
         .store
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
+    if config.local_copies {
+        store.push_str(", replays from memory");
+    }
     println!(
         "listening on http://{addr} (store {store}, {} workers)",
         config.workers

@@ -72,7 +72,7 @@ need_tools() {
 # `candidates` to the stores to measure, `none` first.
 prepare_stores() {
     case " $STORES " in
-        *" redis "* | *" postgres "*)
+        *redis* | *postgres*)
             scripts/services.sh || log "services.sh failed; the Redis and Postgres runs may be skipped" ;;
     esac
     if [ -z "$SERVER" ]; then

@@ -11,7 +11,9 @@
 #   THREADS=1        wrk threads
 #   WORKERS=1        bench_server tokio worker threads
 #   KEYS=64          size of the replay key set
-#   STORES="none memory redis postgres"   stores to measure (none is always measured)
+#   STORES="none memory redis postgres tiered-redis tiered-postgres"
+#                    stores to measure (none is always measured); tiered-* is the shared
+#                    store with an in-process copy of completed responses serving replays
 #   FEATURES=redis,postgres               cargo features bench_server is built with
 #   PORT=18080       where bench_server listens, on 127.0.0.1
 #   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+,
@@ -30,7 +32,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-1}
-STORES=${STORES:-none memory redis postgres}
+STORES=${STORES:-none memory redis postgres tiered-redis tiered-postgres}
 PORT=${PORT:-18080}
 PIN=${PIN:-1}
 LOG_NAME=load

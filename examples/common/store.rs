@@ -10,7 +10,8 @@
 
 use std::fmt;
 
-use idempotent_runtime::{Idempotency, MemoryStore};
+use idempotent_runtime::store::TieredStore;
+use idempotent_runtime::{Idempotency, MemoryStore, Store};
 
 /// A store this build can open.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,16 +47,27 @@ impl StoreUrl {
     /// Connects to the store and wraps it in an [`Idempotency`] with the default
     /// settings. Postgres records live in `schema` (created on demand), and a cleanup
     /// task removes the expired ones while the returned [`Opened`] lives.
-    pub async fn open(&self, schema: &str) -> Result<Opened, String> {
+    ///
+    /// With `local_copies`, the store is the durable tier of a [`TieredStore`] whose
+    /// fast tier is a [`MemoryStore`] in this process: replays of the responses this
+    /// process has completed or already replayed once are served without a round trip.
+    pub async fn open(&self, schema: &str, local_copies: bool) -> Result<Opened, String> {
         let _ = schema;
+        fn idempotency(store: impl Store, local_copies: bool) -> Idempotency {
+            if local_copies {
+                Idempotency::new(TieredStore::new(store, MemoryStore::new()))
+            } else {
+                Idempotency::new(store)
+            }
+        }
         match self {
-            Self::Memory => Ok(Opened::new(Idempotency::new(MemoryStore::new()))),
+            Self::Memory => Ok(Opened::new(idempotency(MemoryStore::new(), local_copies))),
             #[cfg(feature = "redis")]
             Self::Redis(url) => {
                 let store = idempotent_runtime::RedisStore::connect(url.as_str())
                     .await
                     .map_err(|err| format!("cannot connect to Redis at {self}: {err}"))?;
-                Ok(Opened::new(Idempotency::new(store)))
+                Ok(Opened::new(idempotency(store, local_copies)))
             }
             #[cfg(feature = "postgres")]
             Self::Postgres(url) => {
@@ -81,7 +93,7 @@ impl StoreUrl {
                 let cleanup = store
                     .spawn_cleanup(std::time::Duration::from_secs(60), 1000)
                     .map_err(|err| err.to_string())?;
-                let mut opened = Opened::new(Idempotency::new(store));
+                let mut opened = Opened::new(idempotency(store, local_copies));
                 opened.cleanup = Some(cleanup);
                 Ok(opened)
             }

@@ -56,7 +56,7 @@ async fn main() -> ExitCode {
 
 async fn serve(options: cli::Options) -> Result<(), String> {
     // Every process given the same store serves the same keys.
-    let store = options.store.open("idempotent_orders").await?;
+    let store = options.store.open("idempotent_orders", false).await?;
     // A lease must outlast three store timeouts (the claim's answer, then two tries of
     // a renewal), so a short lease for a demonstration shortens the timeout with it.
     let store_timeout = Idempotency::DEFAULT_STORE_TIMEOUT.min(options.lease / 3);
