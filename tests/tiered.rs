@@ -206,3 +206,39 @@ async fn a_completion_accepted_on_its_second_try_is_copied() {
         Ok(Some(Record::Completed { fingerprint, .. })) if fingerprint == fp
     ));
 }
+
+/// A completion's copy is kept for `fill_ttl` at most, however long the endpoint's TTL:
+/// the fast store holds only the recent keys, and the durable store answers the rest.
+#[tokio::test]
+async fn a_completions_copy_is_kept_for_the_fill_ttl_at_most() {
+    let fill_ttl = Duration::from_secs(1);
+    let store = TieredStore::new(MemoryStore::new(), MemoryStore::new()).with_fill_ttl(fill_ttl);
+    let key = format!("{}:fill-ttl", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
+        panic!("a new key is acquired");
+    };
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        store
+            .complete(&key, token, &sample_response(), ttl)
+            .await
+            .expect("complete")
+    );
+    assert!(matches!(
+        store.fast().lookup(&key).await,
+        Ok(Some(Record::Completed { .. }))
+    ));
+    tokio::time::sleep(fill_ttl + Duration::from_millis(100)).await;
+    assert_eq!(store.fast().lookup(&key).await.expect("lookup"), None);
+    match store.claim(&key, fp, LONG).await.expect("claim") {
+        Claim::Existing(Record::Completed { response, .. }) => {
+            assert_eq!(
+                response,
+                sample_response(),
+                "the durable store still answers"
+            );
+        }
+        other => panic!("expected the stored response, got {other:?}"),
+    }
+}

@@ -12,13 +12,14 @@
 //!   store is filled with it for [`fill_ttl`](TieredStore::with_fill_ttl), so the next
 //!   retry is served from there;
 //! - a completion is written to the durable store first and, once it is accepted there,
-//!   copied to the fast store with the fingerprint of its claim, for what is left of the
-//!   endpoint's TTL counted from before the durable write: the copy never outlives the
-//!   durable record, so it never answers for a key the durable store has let go. The
-//!   fingerprint comes from the claim this store granted, which it remembers until the
-//!   claim completes or is released (or, for a claim that never does, until a sweep
-//!   finds its lease lapsed). A completion whose claim it does not know copies nothing,
-//!   and the next claim of the key fills the fast store on its miss.
+//!   copied to the fast store with the fingerprint of its claim, for `fill_ttl` or what is
+//!   left of the endpoint's TTL, whichever is shorter. That TTL is counted from before
+//!   the durable write, so the copy expires with the durable record at the latest (give
+//!   or take the fast store's own round trip): it does not answer for a key the durable
+//!   store has let go. The fingerprint comes from the claim this store granted, which it
+//!   remembers until the claim completes or is released (or, for a claim that never
+//!   does, until a sweep finds its lease lapsed). A completion whose claim it does not
+//!   know copies nothing, and the next claim of the key fills the fast store on its miss.
 //!
 //! Losing the fast store loses nothing: its errors are logged and ignored, and each of its
 //! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A fast store
@@ -33,8 +34,10 @@
 //! in-process copy of completed responses in front of Redis or Postgres, so that a retry
 //! that reaches a replica which has seen the key is answered without a round trip. Each
 //! replica then fills its own copy, on its own completions and on its first miss of a
-//! key. Cap its size with [`MemoryStore::with_max_entries`](crate::MemoryStore::with_max_entries):
-//! once it is full, copies are skipped (with a warning) until its records expire.
+//! key. It holds the copies of about `fill_ttl` (10 minutes by default) of new keys;
+//! cap it with [`MemoryStore::with_max_entries`](crate::MemoryStore::with_max_entries)
+//! sized from that, with room to spare: once it is full, copies are skipped, each with a
+//! warning, until its records expire.
 //!
 //! ```
 //! use idempotent_runtime::{Idempotency, MemoryStore, store::TieredStore};
@@ -51,7 +54,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Claim, FencingToken, Record, Store, StoreError};
+use super::{Claim, FencingToken, LONGEST, Record, Store, StoreError};
 use crate::protocol::within;
 use crate::{Fingerprint, StoredResponse};
 
@@ -96,16 +99,20 @@ impl Granted {
             self.claims
                 .retain(|_, (_, _, deadline)| deadline.is_none_or(|deadline| deadline > now));
             self.sweep_at = (self.claims.len() * 2).max(SWEEP_FLOOR);
+            // Gives back the room a burst took.
+            self.claims.shrink_to(self.sweep_at);
         }
-        self.claims
-            .insert(token, (key.into(), fingerprint, now.checked_add(lease)));
+        self.claims.insert(
+            token,
+            (key.into(), fingerprint, now.checked_add(lease.min(LONGEST))),
+        );
     }
 
     fn renew(&mut self, key: &str, token: FencingToken, lease: Duration) {
         if let Some((claimed, _, deadline)) = self.claims.get_mut(&token)
             && **claimed == *key
         {
-            *deadline = Instant::now().checked_add(lease);
+            *deadline = Instant::now().checked_add(lease.min(LONGEST));
         }
     }
 
@@ -148,9 +155,10 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         }
     }
 
-    /// How long a record copied to the fast store on a miss stays there. The durable
-    /// record's own expiry is not known at that point, so keep this short against your
-    /// shortest endpoint TTL.
+    /// How long a copy stays in the fast store at most. A copy made on a miss is kept
+    /// for this long, as the durable record's own expiry is not known then, so keep it
+    /// short against your shortest endpoint TTL; a copy made on a completion for this
+    /// long or what is left of the endpoint's TTL, whichever is shorter.
     ///
     /// ```
     /// use std::time::Duration;
@@ -231,13 +239,13 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         }
     }
 
-    /// Copies a completed record into the fast store.
+    /// Copies a completed record into the fast store, to be kept until `until`.
     async fn fill(
         &self,
         key: &str,
         fingerprint: Fingerprint,
         response: &StoredResponse,
-        ttl: Duration,
+        until: Instant,
     ) {
         // The fast store only knows claim-then-complete; a short claim is enough, since
         // nothing else ever claims there.
@@ -246,8 +254,14 @@ impl<D: Store, F: Store> TieredStore<D, F> {
             .fast_op("fill", self.fast.claim(key, fingerprint, lease))
             .await
         {
-            self.fast_op("fill", self.fast.complete(key, token, response, ttl))
-                .await;
+            // What is left once the fast store has answered the claim.
+            let ttl = until.saturating_duration_since(Instant::now());
+            if !ttl.is_zero() {
+                self.fast_op("fill", self.fast.complete(key, token, response, ttl))
+                    .await;
+            } else {
+                self.fast_op("fill", self.fast.release(key, token)).await;
+            }
         }
     }
 }
@@ -268,7 +282,10 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
             Claim::Existing(Record::Completed {
                 fingerprint,
                 response,
-            }) => self.fill(key, *fingerprint, response, self.fill_ttl).await,
+            }) => {
+                let until = Instant::now() + self.fill_ttl.min(LONGEST);
+                self.fill(key, *fingerprint, response, until).await;
+            }
             Claim::Existing(_) => {}
         }
         Ok(claim)
@@ -303,22 +320,18 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
             return Ok(false);
         }
         // The durable record expires `ttl` after the store wrote it, which was after
-        // `started`: a copy kept for `ttl` less the time since then expires first.
-        let left = ttl.saturating_sub(started.elapsed());
-        if let Some(fingerprint) = fingerprint
-            && !left.is_zero()
-        {
-            self.fill(key, fingerprint, response, left).await;
+        // `started`: a copy kept until `started + ttl` expires first.
+        if let Some(fingerprint) = fingerprint {
+            let until = started + ttl.min(self.fill_ttl).min(LONGEST);
+            self.fill(key, fingerprint, response, until).await;
         }
         Ok(true)
     }
 
     async fn release(&self, key: &str, token: FencingToken) -> Result<bool, StoreError> {
-        let released = self.durable.release(key, token).await;
-        if released.is_ok() {
-            self.granted().remove(key, token);
-        }
-        released
+        // Whatever the answer, the protocol does not complete a claim it released.
+        self.granted().remove(key, token);
+        self.durable.release(key, token).await
     }
 
     async fn lookup(&self, key: &str) -> Result<Option<Record>, StoreError> {
