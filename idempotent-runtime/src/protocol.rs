@@ -1105,6 +1105,61 @@ mod tests {
         assert_eq!(text(bare).await, "one widget");
     }
 
+    /// Whatever becomes of a request (stored, released after an error or a panic,
+    /// answered by a replay, a conflict or a mismatch), a tiered store forgets the
+    /// fingerprint of every claim it granted: none is left to pile up.
+    #[tokio::test]
+    async fn a_tiered_store_forgets_every_claim_the_protocol_ends() {
+        async fn fails() -> StatusCode {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        async fn panics() -> StatusCode {
+            panic!("a bug in the handler")
+        }
+        static FINISH: tokio::sync::Notify = tokio::sync::Notify::const_new();
+        async fn slow() -> StatusCode {
+            FINISH.notified().await;
+            StatusCode::CREATED
+        }
+        fn send<H: Handler<T, Idempotency>, T: 'static>(
+            handler: H,
+            key: &str,
+            body: &'static str,
+            idempotency: &Idempotency,
+        ) -> impl Future<Output = Response> + Send + 'static {
+            let request = Request::post("/orders")
+                .header("idempotency-key", key)
+                .body(Body::from(body))
+                .unwrap();
+            run(&ENDPOINT, handler, request, idempotency.clone(), None)
+        }
+        let store = crate::store::TieredStore::new(MemoryStore::new(), MemoryStore::new());
+        let idempotency = &Idempotency::new(store.clone());
+
+        let stored = send(create, "k1", "a", idempotency).await;
+        assert_eq!(stored.status(), StatusCode::CREATED);
+        let replay = send(create, "k1", "a", idempotency).await;
+        assert!(replay.headers().contains_key("idempotent-replayed"));
+        let mismatch = send(create, "k1", "b", idempotency).await;
+        assert_eq!(mismatch.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let failed = send(fails, "k2", "a", idempotency).await;
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let panicked = send(panics, "k3", "a", idempotency).await;
+        assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let before = store.remembered();
+        let first = tokio::spawn(send(slow, "k4", "a", idempotency));
+        // Until the first holds its claim.
+        while store.remembered() == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let conflict = send(slow, "k4", "a", idempotency).await;
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        FINISH.notify_one();
+        assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+        idempotency.drain().await;
+        assert_eq!(store.remembered(), 0);
+    }
+
     #[tokio::test]
     async fn a_request_given_up_while_its_body_arrives_stops_reading_it() {
         let idempotency = Idempotency::new(MemoryStore::new());

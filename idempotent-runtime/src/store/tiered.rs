@@ -208,6 +208,12 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         &self.fast
     }
 
+    /// How many granted claims it remembers.
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.granted().claims.len()
+    }
+
     fn granted(&self) -> std::sync::MutexGuard<'_, Granted> {
         self.granted.lock().unwrap_or_else(PoisonError::into_inner)
     }
