@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idempotent_runtime::store::TieredStore;
 use idempotent_runtime::testkit::{run_all, sample_response, unique_prefix};
-use idempotent_runtime::{Claim, Fingerprint, MemoryStore, Record, Store};
+use idempotent_runtime::{Claim, FencingToken, Fingerprint, MemoryStore, Record, Store};
 use support::broken::Broken;
 use support::counting::{Calls, Counting, Op};
 use support::flaky::{Fault, Flaky, replacing_fingerprint, replacing_response};
@@ -28,6 +28,25 @@ async fn a_failing_or_hanging_fast_store_loses_nothing() {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Claims a key nobody holds; its token.
+async fn acquire(store: &impl Store, key: &str, fp: Fingerprint) -> FencingToken {
+    match store.claim(key, fp, LONG).await.expect("claim") {
+        Claim::Acquired(token) => token,
+        other => panic!("a new key is acquired, got {other:?}"),
+    }
+}
+
+/// Stores the sample response under the claim, which must still own the key.
+async fn complete(store: &impl Store, key: &str, token: FencingToken, ttl: Duration) {
+    assert!(
+        store
+            .complete(key, token, &sample_response(), ttl)
+            .await
+            .expect("complete"),
+        "the claim still owns the key"
+    );
+}
+
 #[tokio::test]
 async fn replays_are_served_from_the_fast_store() {
     let durable_calls = Calls::default();
@@ -37,15 +56,8 @@ async fn replays_are_served_from_the_fast_store() {
     );
     let key = format!("{}:replay", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
-    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
-        panic!("a new key is acquired");
-    };
-    assert!(
-        store
-            .complete(&key, token, &sample_response(), LONG)
-            .await
-            .expect("complete")
-    );
+    let token = acquire(&store, &key, fp).await;
+    complete(&store, &key, token, LONG).await;
     assert!(
         matches!(
             store.fast().lookup(&key).await,
@@ -80,15 +92,8 @@ async fn a_miss_fills_the_fast_store_from_the_durable_one() {
     let key = format!("{}:fill", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
     // Completed by a replica whose fast store was down.
-    let Claim::Acquired(token) = durable.claim(&key, fp, LONG).await.expect("claim") else {
-        panic!("a new key is acquired");
-    };
-    assert!(
-        durable
-            .complete(&key, token, &sample_response(), LONG)
-            .await
-            .expect("complete")
-    );
+    let token = acquire(&durable, &key, fp).await;
+    complete(&durable, &key, token, LONG).await;
     assert_eq!(fast.lookup(&key).await.expect("lookup"), None);
 
     let store = TieredStore::new(durable, fast);
@@ -119,20 +124,9 @@ async fn a_miss_fills_the_fast_store_from_the_durable_one() {
 async fn a_copy_never_outlives_the_durable_record() {
     let store = TieredStore::new(Flaky::new(Fault::ReplacedComplete), MemoryStore::new());
     let key = format!("{}:replaced", unique_prefix());
-    let Claim::Acquired(token) = store
-        .claim(&key, Fingerprint::of_bytes(b"order"), LONG)
-        .await
-        .expect("claim")
-    else {
-        panic!("a new key is acquired");
-    };
+    let token = acquire(&store, &key, Fingerprint::of_bytes(b"order")).await;
     let ttl = Duration::from_millis(50);
-    assert!(
-        store
-            .complete(&key, token, &sample_response(), ttl)
-            .await
-            .expect("complete")
-    );
+    complete(&store, &key, token, ttl).await;
     assert_eq!(store.fast().lookup(&key).await.expect("lookup"), None);
     // The other request gets its own response, not a 422 from a stale copy.
     match store.claim(&key, replacing_fingerprint(), LONG).await {
@@ -154,15 +148,8 @@ async fn a_first_execution_reaches_the_durable_store_twice() {
     );
     let key = format!("{}:twice", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
-    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
-        panic!("a new key is acquired");
-    };
-    assert!(
-        store
-            .complete(&key, token, &sample_response(), LONG)
-            .await
-            .expect("complete")
-    );
+    let token = acquire(&store, &key, fp).await;
+    complete(&store, &key, token, LONG).await;
     assert_eq!(
         (durable_calls.of(Op::Claim), durable_calls.of(Op::Complete)),
         (1, 1)
@@ -185,9 +172,7 @@ async fn a_completion_accepted_on_its_second_try_is_copied() {
     let store = TieredStore::new(Flaky::new(Fault::FailedCompletes(1)), MemoryStore::new());
     let key = format!("{}:second-try", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
-    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
-        panic!("a new key is acquired");
-    };
+    let token = acquire(&store, &key, fp).await;
     assert!(
         store
             .complete(&key, token, &sample_response(), LONG)
@@ -195,12 +180,7 @@ async fn a_completion_accepted_on_its_second_try_is_copied() {
             .is_err()
     );
     assert_eq!(store.fast().lookup(&key).await.expect("lookup"), None);
-    assert!(
-        store
-            .complete(&key, token, &sample_response(), LONG)
-            .await
-            .expect("complete")
-    );
+    complete(&store, &key, token, LONG).await;
     assert!(matches!(
         store.fast().lookup(&key).await,
         Ok(Some(Record::Completed { fingerprint, .. })) if fingerprint == fp
@@ -215,16 +195,9 @@ async fn a_completions_copy_is_kept_for_the_fill_ttl_at_most() {
     let store = TieredStore::new(MemoryStore::new(), MemoryStore::new()).with_fill_ttl(fill_ttl);
     let key = format!("{}:fill-ttl", unique_prefix());
     let fp = Fingerprint::of_bytes(b"order");
-    let Claim::Acquired(token) = store.claim(&key, fp, LONG).await.expect("claim") else {
-        panic!("a new key is acquired");
-    };
+    let token = acquire(&store, &key, fp).await;
     let ttl = Duration::from_secs(3600);
-    assert!(
-        store
-            .complete(&key, token, &sample_response(), ttl)
-            .await
-            .expect("complete")
-    );
+    complete(&store, &key, token, ttl).await;
     assert!(matches!(
         store.fast().lookup(&key).await,
         Ok(Some(Record::Completed { .. }))
