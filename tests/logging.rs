@@ -10,6 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::post;
+use idempotent_runtime::store::TieredStore;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use tower::ServiceExt;
 
@@ -130,7 +131,27 @@ async fn every_outcome_is_logged_without_the_raw_key() {
         .with_state(Idempotency::new(Flaky::new(Fault::LostComplete)));
     assert_eq!(send(&lost, key, "201").await, StatusCode::CREATED);
 
+    // A fast store that fails on every request warns once, and the rest go to debug.
+    let tiered = Router::new()
+        .route("/", post(answer))
+        .with_state(Idempotency::new(TieredStore::new(
+            MemoryStore::new(),
+            Broken::Failing,
+        )));
+    for n in 0..5 {
+        let key = format!("tiered-secret-{n}");
+        assert_eq!(send(&tiered, &key, "201").await, StatusCode::CREATED);
+    }
+
     let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
+    let fast_failures = |level: &str| {
+        logs.lines()
+            .filter(|line| line.contains(level) && line.contains("fast store"))
+            .count()
+    };
+    assert_eq!(fast_failures("WARN"), 1, "{logs}");
+    // Each request: a lookup, and a copy's claim, all failing.
+    assert_eq!(fast_failures("DEBUG"), 2 * 5 - 1, "{logs}");
     for outcome in [
         "claimed",
         "completed",

@@ -22,7 +22,10 @@
 //!   know copies nothing, and the next claim of the key fills the fast store on its miss.
 //!
 //! Losing the fast store loses nothing: its errors are logged and ignored, and each of its
-//! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A fast store
+//! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A failing
+//! fast store fails on every request, so a store warns of its fast store's failures
+//! once every 10 seconds at most, with the number of those in between, which it logs at
+//! `debug`. A fast store
 //! that hangs slows a request by up to three of them (a claim looks up, then fills with a
 //! claim and a completion) instead of failing it. Those count against the app's
 //! [store timeout](crate::Idempotency::with_store_timeout), so keep `fast_timeout` well
@@ -36,8 +39,8 @@
 //! replica then fills its own copy, on its own completions and on its first miss of a
 //! key. It holds the copies of about `fill_ttl` (10 minutes by default) of new keys;
 //! cap it with [`MemoryStore::with_max_entries`](crate::MemoryStore::with_max_entries)
-//! sized from that, with room to spare: once it is full, copies are skipped, each with a
-//! warning, until its records expire.
+//! sized from that, with room to spare: once it is full, copies are skipped (and warned
+//! of, as failures) until its records expire.
 //!
 //! ```
 //! use idempotent_runtime::{Idempotency, MemoryStore, store::TieredStore};
@@ -51,6 +54,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -70,6 +74,56 @@ pub struct TieredStore<D, F> {
     fill_ttl: Duration,
     fast_timeout: Duration,
     granted: Arc<Mutex<Granted>>,
+    warnings: Arc<Warnings>,
+}
+
+/// How often a store warns of its fast store's failures at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// When a fast-store failure is warned of, and how many were not since the last warning.
+#[derive(Debug)]
+struct Warnings {
+    origin: Instant,
+    /// Milliseconds after `origin` before which failures are not warned of.
+    next: AtomicU64,
+    /// Failures not warned of since the last warning.
+    quiet: AtomicU64,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            next: AtomicU64::new(0),
+            quiet: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Warnings {
+    /// Whether a failure at `now` is warned of: if so, with how many were not since the
+    /// last warning; if not, it is counted.
+    fn warn_at(&self, now: Instant) -> Option<u64> {
+        let at = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(u64::MAX);
+        let next = self.next.load(Ordering::Relaxed);
+        let every = WARN_EVERY.as_millis() as u64;
+        if at >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    at.saturating_add(every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.quiet.swap(0, Ordering::Relaxed));
+        }
+        self.quiet.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 /// The claims this store granted that have not completed or been released, by token:
@@ -152,6 +206,7 @@ impl<D: Store, F: Store> TieredStore<D, F> {
             fill_ttl: Self::DEFAULT_FILL_TTL,
             fast_timeout: Self::DEFAULT_FAST_TIMEOUT,
             granted: Arc::default(),
+            warnings: Arc::default(),
         }
     }
 
@@ -224,17 +279,24 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         what: &'static str,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
-        match within(self.fast_timeout, op).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(err)) => {
-                tracing::warn!(target: TARGET, error = %err, "fast store {what} failed; using the durable store");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(target: TARGET, "fast store {what} timed out; using the durable store");
-                None
+        let err = match within(self.fast_timeout, op).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("timed out after {:?}", self.fast_timeout),
+        };
+        match self.warnings.warn_at(Instant::now()) {
+            Some(quiet) => tracing::warn!(
+                target: TARGET,
+                error = %err,
+                not_warned_of = quiet,
+                "fast store {what} failed; using the durable store (further failures within {}s are logged at debug)",
+                WARN_EVERY.as_secs(),
+            ),
+            None => {
+                tracing::debug!(target: TARGET, error = %err, "fast store {what} failed; using the durable store")
             }
         }
+        None
     }
 
     /// A completed record from the fast store, if it has one.
@@ -370,6 +432,21 @@ mod tests {
         for token in live..2 * live {
             assert_eq!(granted.remove("live", FencingToken(token)), Some(fp));
         }
+    }
+
+    /// The first failure is warned of; those within the next `WARN_EVERY` are counted,
+    /// and the first after it is warned of with that count.
+    #[test]
+    fn fast_store_failures_are_warned_of_once_per_interval() {
+        let warnings = Warnings::default();
+        let start = warnings.origin;
+        assert_eq!(warnings.warn_at(start), Some(0));
+        for ms in [1, 500, 9_999] {
+            assert_eq!(warnings.warn_at(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(warnings.warn_at(start + WARN_EVERY), Some(3));
+        assert_eq!(warnings.warn_at(start + WARN_EVERY), None);
+        assert_eq!(warnings.warn_at(start + 3 * WARN_EVERY), Some(1));
     }
 
     /// A token drawn for two keys: neither completion copies the other's fingerprint.
