@@ -25,13 +25,12 @@
 //! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A failing
 //! fast store fails on every request, so a store warns of its fast store's failures
 //! once every 10 seconds at most, with the number of those in between, which it logs at
-//! `debug`. A fast store
-//! that hangs slows a request by up to three of them (a claim looks up, then fills with a
-//! claim and a completion) instead of failing it. Those count against the app's
-//! [store timeout](crate::Idempotency::with_store_timeout), so keep `fast_timeout` well
-//! under a third of it (the defaults are 100 ms and 5 s). The price of the copy is that a
-//! replay may still be served from the fast store up to `fill_ttl` after the durable
-//! record expired.
+//! `debug`. A fast store that hangs slows a request by up to three of them (a claim
+//! looks up, then fills with a claim and a completion) instead of failing it. Those
+//! count against the app's [store timeout](crate::Idempotency::with_store_timeout), so
+//! keep `fast_timeout` well under a third of it (the defaults are 100 ms and 5 s). The
+//! price of the copy is that a replay may still be served from the fast store up to
+//! `fill_ttl` after the durable record expired.
 //!
 //! The fast store may also be a [`MemoryStore`](crate::MemoryStore) in each replica: an
 //! in-process copy of completed responses in front of Redis or Postgres, so that a retry
