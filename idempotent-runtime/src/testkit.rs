@@ -49,6 +49,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     lookup_reads_without_claiming(store, &key("lookup")).await;
     keys_are_independent(store, &key("a"), &key("b")).await;
     renewal_keeps_the_lease(store, &key("renew")).await;
+    longest_lease_is_held(store, &key("longest")).await;
     lapsed_lease_is_taken_over(store, &key("takeover")).await;
     completion_outlives_the_lease(store, &key("outlives")).await;
     stale_owner_is_fenced(store, &key("fenced")).await;
@@ -336,6 +337,33 @@ pub async fn renewal_keeps_the_lease<S: Store>(store: &S, key: &str) {
         .await,
         "the owner can still complete"
     );
+}
+
+/// A lease of `Duration::MAX` (an app that never wants a claim to lapse) is neither an
+/// error nor a panic: the key is held, renewed and released like any other. A store may
+/// cap it, but at a year or more.
+pub async fn longest_lease_is_held<S: Store>(store: &S, key: &str) {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+    let token = acquire(store, key, fp("a"), Duration::MAX).await;
+    match ok(store.claim(key, fp("a"), SHORT).await, "second claim").await {
+        Claim::Existing(Record::InFlight {
+            lease_remaining, ..
+        }) => assert!(
+            lease_remaining >= YEAR,
+            "a lease of Duration::MAX must hold the key for a year at least, got {lease_remaining:?}"
+        ),
+        other => panic!("a claim under a lease of Duration::MAX must hold the key, got {other:?}"),
+    }
+    assert!(
+        ok(store.renew(key, token, Duration::MAX).await, "renew").await,
+        "the owner's renewal to Duration::MAX must succeed"
+    );
+    assert!(
+        ok(store.release(key, token).await, "release").await,
+        "the owner's release must succeed"
+    );
+    let again = acquire(store, key, fp("a"), SHORT).await;
+    assert!(ok(store.release(key, again).await, "release").await);
 }
 
 /// A lease that is not renewed lapses and the key can be claimed again.
