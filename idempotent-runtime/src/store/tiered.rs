@@ -280,8 +280,8 @@ impl<D: Store, F: Store> TieredStore<D, F> {
     ) -> Option<T> {
         let err = match within(self.fast_timeout, op).await {
             Ok(Ok(value)) => return Some(value),
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("timed out after {:?}", self.fast_timeout),
+            Ok(Err(err)) => err,
+            Err(_) => StoreError::new(format!("timed out after {:?}", self.fast_timeout)),
         };
         match self.warnings.warn_at(Instant::now()) {
             Some(quiet) => tracing::warn!(
