@@ -1058,11 +1058,15 @@ mod tests {
     }
 
     fn post(key: Option<&str>) -> Request {
+        post_with(key, "one widget")
+    }
+
+    fn post_with(key: Option<&str>, body: &'static str) -> Request {
         let mut request = Request::post("/orders");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        request.body(Body::from("one widget")).unwrap()
+        request.body(Body::from(body)).unwrap()
     }
 
     async fn text(response: Response) -> String {
@@ -1127,10 +1131,7 @@ mod tests {
             body: &'static str,
             idempotency: &Idempotency,
         ) -> impl Future<Output = Response> + Send + 'static {
-            let request = Request::post("/orders")
-                .header("idempotency-key", key)
-                .body(Body::from(body))
-                .unwrap();
+            let request = post_with(Some(key), body);
             run(&ENDPOINT, handler, request, idempotency.clone(), None)
         }
         let store = crate::store::TieredStore::new(MemoryStore::new(), MemoryStore::new());
