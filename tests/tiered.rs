@@ -137,6 +137,36 @@ async fn a_copy_never_outlives_the_durable_record() {
     }
 }
 
+/// A capped fast store that is full keeps copying: an evicting one drops an older copy,
+/// so the newest key is still replayed without the durable store.
+#[tokio::test]
+async fn a_full_evicting_fast_store_keeps_the_newest_copy() {
+    let durable_calls = Calls::default();
+    let store = TieredStore::new(
+        Counting::new(MemoryStore::new(), &durable_calls),
+        MemoryStore::new().with_max_entries(1).evicting(),
+    );
+    let prefix = unique_prefix();
+    let keys: Vec<String> = (0..5).map(|i| format!("{prefix}:evict:{i}")).collect();
+    let fp = Fingerprint::of_bytes(b"order");
+    for key in &keys {
+        let token = acquire(&store, key, fp).await;
+        complete(&store, key, token, LONG).await;
+    }
+    assert_eq!(store.fast().len(), 1);
+    let claims = durable_calls.of(Op::Claim);
+    let newest = &keys[keys.len() - 1];
+    assert!(matches!(
+        store.claim(newest, fp, LONG).await.expect("claim"),
+        Claim::Existing(Record::Completed { .. })
+    ));
+    assert_eq!(
+        durable_calls.of(Op::Claim),
+        claims,
+        "the newest key was replayed from the fast store"
+    );
+}
+
 /// A first execution costs the durable store a claim and a completion, nothing more: the
 /// copy's fingerprint comes from the claim, not from reading the record back.
 #[tokio::test]

@@ -55,8 +55,8 @@ impl StoreUrl {
         let _ = schema;
         fn idempotency(store: impl Store, local_copies: bool) -> Idempotency {
             if local_copies {
-                // Uncapped: the copies of ten minutes of keys. A service would size
-                // `with_max_entries` from its rate of new keys (see `TieredStore`).
+                // Uncapped: the copies of ten minutes of keys. A service would cap it
+                // with `with_max_entries(..).evicting()` (see `TieredStore`).
                 Idempotency::new(TieredStore::new(store, MemoryStore::new()))
             } else {
                 Idempotency::new(store)

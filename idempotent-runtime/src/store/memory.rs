@@ -15,7 +15,10 @@
 //! until the TTL catches up. [`MemoryStore::with_max_entries`] puts a ceiling on it.
 //! A full store never evicts a live record, since a record dropped early is a handler
 //! run twice: it refuses claims of new keys, so the protocol answers `503` without
-//! running the handler, while retries of the keys it holds are still answered.
+//! running the handler, while retries of the keys it holds are still answered. The one
+//! exception is a store made [`evicting`](MemoryStore::evicting), for the fast tier of
+//! a [`TieredStore`](crate::store::TieredStore), where a record dropped early only
+//! costs a round trip to the durable store.
 //!
 //! Removals are scheduled in one queue per duration (a lease, an endpoint's TTL): entries
 //! given the same duration expire in the order they were given it, so scheduling is a
@@ -36,7 +39,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::{Future, ready};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +58,10 @@ pub const DURATION_QUEUES: usize = 8;
 /// Many shards keep each map small: a map that grows doubles and rehashes under its
 /// lock, and with a day's TTL a busy service holds millions of records.
 const SHARDS: usize = 128;
+
+/// How many entries an evicting store drops at most for one claim, when other claims
+/// keep taking the room made.
+const EVICTION_TRIES: usize = 4;
 
 /// The embedded in-process store.
 ///
@@ -87,6 +94,8 @@ struct Inner {
     entries: AtomicUsize,
     /// The most `entries` may reach.
     max_entries: AtomicUsize,
+    /// Whether a full store makes room by dropping records (see `evicting`).
+    evicting: AtomicBool,
 }
 
 impl Default for Inner {
@@ -97,6 +106,7 @@ impl Default for Inner {
             next_token: AtomicU64::new(1),
             entries: AtomicUsize::new(0),
             max_entries: AtomicUsize::new(usize::MAX),
+            evicting: AtomicBool::new(false),
         }
     }
 }
@@ -205,6 +215,24 @@ impl Removals {
         }
     }
 
+    /// The removal with the earliest deadline, due or not.
+    fn pop_earliest(&mut self) -> Option<Removal> {
+        let queued = self
+            .queues
+            .iter_mut()
+            .filter_map(|(_, queue)| Some((queue.front()?.0, queue)))
+            .min_by_key(|(deadline, _)| *deadline);
+        let removal = match (queued, self.others.peek()) {
+            (Some((deadline, _)), Some(Reverse(other))) if other.0 < deadline => {
+                self.others.pop().map(|Reverse(removal)| removal)
+            }
+            (Some((_, queue)), _) => queue.pop_front(),
+            (None, _) => self.others.pop().map(|Reverse(removal)| removal),
+        };
+        self.earliest = self.recompute_earliest();
+        removal
+    }
+
     fn recompute_earliest(&self) -> Option<Instant> {
         let fronts = self.queues.iter().filter_map(|(_, q)| q.front());
         let other = self.others.peek().map(|Reverse(removal)| removal);
@@ -264,6 +292,22 @@ impl Shard {
         removed
     }
 
+    /// Removes the entry that expires first, live or not; `false` if there is none.
+    fn evict(&mut self) -> bool {
+        while let Some((deadline, hash, key)) = self.removals.pop_earliest() {
+            let entry = self
+                .entries
+                .find_entry(hash.0, |e| Arc::ptr_eq(&e.key, &key));
+            if let Ok(entry) = entry
+                && entry.get().deadline == deadline
+            {
+                entry.remove();
+                return true;
+            }
+        }
+        false
+    }
+
     /// The live entry under `key`, in flight under `token`, with its new deadline and
     /// its removal rescheduled; `false` if there is none.
     fn extend_owned(
@@ -317,10 +361,11 @@ impl MemoryStore {
     /// Expired entries count until they are swept. When the store is full, a claim of a
     /// new key first sweeps every expired entry and, if that frees nothing, fails with a
     /// [`StoreError`]: the protocol answers `503` with `Retry-After` and does not run the
-    /// handler. Records are never evicted to make room, and keys the store holds are
-    /// still answered (a replay, a `409`, a `422`). The limit is shared by the clones of
-    /// the store. Size it from the rate of new keys times the longest TTL, with room to
-    /// spare: a record takes a few hundred bytes plus its response's body.
+    /// handler. Records are not evicted to make room (unless the store is
+    /// [`evicting`](Self::evicting)), and keys the store holds are still answered (a
+    /// replay, a `409`, a `422`). The limit is shared by the clones of the store. Size
+    /// it from the rate of new keys times the longest TTL, with room to spare: a record
+    /// takes a few hundred bytes plus its response's body.
     ///
     /// ```
     /// use std::time::Duration;
@@ -339,6 +384,53 @@ impl MemoryStore {
     pub fn with_max_entries(self, max: usize) -> Self {
         self.inner.max_entries.store(max, Ordering::Relaxed);
         self
+    }
+
+    /// Makes room for a new key, when the store is full, by dropping the entry that
+    /// expires first in the new key's shard (one of 128; in the next shard that holds
+    /// any if it holds none), live or not: a cache of records instead of a store that
+    /// decides. By default a full store refuses new keys. The order is kept per shard,
+    /// so with a limit well above 128 the store holds about the `max` newest keys (of
+    /// one TTL), and with a smaller one, some of them.
+    ///
+    /// This is for the fast tier of a [`TieredStore`](crate::store::TieredStore) in
+    /// each replica, where a dropped copy costs the next retry of its key a round trip
+    /// to the durable store, and nothing else: capped and evicting, it keeps the copies
+    /// of the newest keys. Never let an evicting store decide on its own: a record
+    /// dropped before its TTL lets a retry of its key run the handler again.
+    ///
+    /// Without [`with_max_entries`](Self::with_max_entries) nothing is evicted. The
+    /// setting is shared by the clones of the store.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_runtime::{Claim, Fingerprint, MemoryStore, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new().with_max_entries(1).evicting();
+    /// let fp = Fingerprint::of_bytes(b"body");
+    /// let lease = Duration::from_secs(60);
+    /// assert!(matches!(store.claim("a", fp, lease).await, Ok(Claim::Acquired(_))));
+    /// assert!(matches!(store.claim("b", fp, lease).await, Ok(Claim::Acquired(_))));
+    /// assert!(store.lookup("a").await.unwrap().is_none(), "dropped for b");
+    /// assert_eq!(store.len(), 1);
+    /// # }
+    /// ```
+    pub fn evicting(self) -> Self {
+        self.inner.evicting.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether the store is [`evicting`](Self::evicting).
+    ///
+    /// ```
+    /// use idempotent_runtime::MemoryStore;
+    /// assert!(!MemoryStore::new().is_evicting());
+    /// assert!(MemoryStore::new().evicting().is_evicting());
+    /// ```
+    pub fn is_evicting(&self) -> bool {
+        self.inner.evicting.load(Ordering::Relaxed)
     }
 
     /// The most entries the store holds; `usize::MAX` when there is no limit.
@@ -367,6 +459,17 @@ impl MemoryStore {
             .sum();
         self.inner.forget(removed);
         removed
+    }
+
+    /// Evicts an entry from the shard `from`, or else from the next one that has any;
+    /// `false` if the store holds none.
+    fn evict_from(&self, from: usize) -> bool {
+        let shards = &self.inner.shards;
+        let evicted = (0..SHARDS).any(|i| lock(&shards[(from + i) % SHARDS]).evict());
+        if evicted {
+            self.inner.forget(1);
+        }
+        evicted
     }
 
     /// The shard holding `key`, its expired entries swept as of `now`, and the key's hash.
@@ -435,13 +538,26 @@ impl Store for MemoryStore {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         let lease = lease.min(LONGEST);
         let now = Instant::now();
-        let claimed = self
-            .try_claim(key, fingerprint, lease, now)
-            .or_else(|Full| {
-                // Full: make room from what has expired, in every shard, then try again.
-                self.purge_expired();
-                self.try_claim(key, fingerprint, lease, now)
-            });
+        let mut claimed = self.try_claim(key, fingerprint, lease, now);
+        if claimed.is_err() && self.is_evicting() {
+            // Full: the claim's shard has swept what had expired there; drop what
+            // expires first. Another claim may take the room first, so a few tries.
+            let shard = Hash(self.inner.hasher.hash_one(key)).shard();
+            for _ in 0..EVICTION_TRIES {
+                if !self.evict_from(shard) {
+                    break;
+                }
+                claimed = self.try_claim(key, fingerprint, lease, now);
+                if claimed.is_ok() {
+                    break;
+                }
+            }
+        }
+        let claimed = claimed.or_else(|Full| {
+            // Full: make room from what has expired, in every shard, then try again.
+            self.purge_expired();
+            self.try_claim(key, fingerprint, lease, now)
+        });
         ready(claimed.map_err(|Full| {
             StoreError::new(format!(
                 "the memory store is full: it holds its limit of {} entries, none of them expired, so no new key can be claimed",
@@ -668,6 +784,72 @@ mod tests {
             Claim::Acquired(_)
         ));
         assert_eq!(store.len(), 2, "the completed record and the new claim");
+    }
+
+    /// Keys that land in one shard of `store`, and one that lands in another.
+    fn keys_of_one_shard(store: &MemoryStore, n: usize) -> (Vec<String>, String) {
+        let shard = |key: &str| Hash(store.inner.hasher.hash_one(key)).shard();
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| shard(k) == shard("k0"))
+            .take(n)
+            .collect();
+        let other = (0..)
+            .map(|i| format!("o{i}"))
+            .find(|k| shard(k) != shard("k0"))
+            .unwrap();
+        (keys, other)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_evicting_store_drops_what_expires_first() {
+        let store = MemoryStore::new().with_max_entries(2).evicting();
+        let (keys, other) = keys_of_one_shard(&store, 3);
+        let fp = Fingerprint::of_bytes(b"x");
+        let lease = Duration::from_secs(1);
+        let response = done(http::StatusCode::CREATED);
+        // The older record outlives the newer one.
+        for (key, ttl) in [(&keys[0], 30), (&keys[1], 10)] {
+            let Claim::Acquired(token) = store.claim(key, fp, lease).await.unwrap() else {
+                panic!("a new key is acquired");
+            };
+            let ttl = Duration::from_secs(ttl);
+            assert!(store.complete(key, token, &response, ttl).await.unwrap());
+        }
+
+        let claim = store.claim(&keys[2], fp, lease).await.unwrap();
+        assert!(matches!(claim, Claim::Acquired(_)), "room was made");
+        assert!(store.lookup(&keys[1]).await.unwrap().is_none());
+        assert!(store.lookup(&keys[0]).await.unwrap().is_some());
+        assert_eq!(store.len(), 2);
+
+        // A key of a shard that holds nothing takes the room of one in another shard:
+        // the claim in flight, whose lease ends before the record's TTL.
+        let claim = store.claim(&other, fp, lease).await.unwrap();
+        assert!(matches!(claim, Claim::Acquired(_)));
+        assert!(store.lookup(&keys[2]).await.unwrap().is_none());
+        assert!(store.lookup(&keys[0]).await.unwrap().is_some());
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicting_store_stays_within_its_limit() {
+        let store = MemoryStore::new().with_max_entries(64).evicting();
+        let fp = Fingerprint::of_bytes(b"x");
+        let lease = Duration::from_secs(1);
+        let ttl = Duration::from_secs(600);
+        let response = done(http::StatusCode::CREATED);
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            let Claim::Acquired(token) = store.claim(&key, fp, lease).await.unwrap() else {
+                panic!("claim {i} of a new key is acquired");
+            };
+            assert!(store.complete(&key, token, &response, ttl).await.unwrap());
+            assert!(store.len() <= 64, "{} entries after {i}", store.len());
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.len(), 64);
+        assert!(store.lookup("k999").await.unwrap().is_some());
     }
 
     #[tokio::test(start_paused = true)]

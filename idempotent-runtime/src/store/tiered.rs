@@ -38,14 +38,18 @@
 //! replica then fills its own copy, on its own completions and on its first miss of a
 //! key. It holds the copies of about `fill_ttl` (10 minutes by default) of new keys;
 //! cap it with [`MemoryStore::with_max_entries`](crate::MemoryStore::with_max_entries)
-//! sized from that, with room to spare: once it is full, copies are skipped (and warned
-//! of, as failures) until its records expire.
+//! and make it [`evicting`](crate::MemoryStore::evicting): once it is full, each new
+//! copy takes the place of one that expires first, so it keeps about the newest keys.
+//! A capped store that does not evict skips copies (and warns of them, as failures)
+//! until its records expire.
 //!
 //! ```
 //! use idempotent_runtime::{Idempotency, MemoryStore, store::TieredStore};
 //!
-//! // In production: `TieredStore::new(postgres_store, redis_store)`.
-//! let store = TieredStore::new(MemoryStore::new(), MemoryStore::new());
+//! // In production: `TieredStore::new(postgres_store, redis_store)`, or
+//! // `TieredStore::new(redis_store, copies)` for replays from each replica's memory.
+//! let copies = MemoryStore::new().with_max_entries(100_000).evicting();
+//! let store = TieredStore::new(MemoryStore::new(), copies);
 //! let idempotency = Idempotency::new(store);
 //! # let _ = idempotency;
 //! ```
