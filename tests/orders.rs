@@ -471,6 +471,21 @@ fn the_command_line_rejects_mistakes_with_a_reason() {
     }
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn every_redis_url_scheme_is_the_redis_store() {
+    for url in [
+        "redis://127.0.0.1:6379",
+        "rediss://cache.internal:6380",
+        "redis+unix:///run/redis/redis.sock",
+    ] {
+        let Ok(cli::Command::Run(options)) = parse(&["--store", url]) else {
+            panic!("{url} is a run");
+        };
+        assert_eq!(options.store, store::StoreUrl::Redis(url.to_owned()));
+    }
+}
+
 #[cfg(not(feature = "redis"))]
 #[test]
 fn a_redis_url_without_the_redis_feature_names_the_feature() {

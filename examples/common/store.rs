@@ -2,7 +2,8 @@
 //! between the memory, Redis and Postgres stores.
 //!
 //! - `memory`: the embedded [`MemoryStore`], one process;
-//! - `redis://...` (or `rediss://...`): the Redis store, cargo feature `redis`;
+//! - `redis://...` (or `rediss://...`, or `redis+unix:///PATH` for a Unix socket): the
+//!   Redis store, cargo feature `redis`;
 //! - `postgres://...` (or `postgresql://...`): the Postgres store, cargo feature `postgres`.
 //!
 //! A URL the build cannot serve is an error that names the feature to enable: falling
@@ -30,9 +31,9 @@ impl StoreUrl {
         match scheme {
             "memory" => Ok(Self::Memory),
             #[cfg(feature = "redis")]
-            "redis" | "rediss" => Ok(Self::Redis(url.to_owned())),
+            "redis" | "rediss" | "redis+unix" => Ok(Self::Redis(url.to_owned())),
             #[cfg(not(feature = "redis"))]
-            "redis" | "rediss" => Err(not_built(url, "Redis", "redis")),
+            "redis" | "rediss" | "redis+unix" => Err(not_built(url, "Redis", "redis")),
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => Ok(Self::Postgres(url.to_owned())),
             #[cfg(not(feature = "postgres"))]
