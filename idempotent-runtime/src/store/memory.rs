@@ -274,38 +274,38 @@ impl Shard {
     fn sweep(&mut self, now: Instant, limit: usize) -> usize {
         let mut removed = 0;
         for _ in 0..limit {
-            let Some((deadline, hash, key)) = self.removals.next_due(now) else {
+            let Some(removal) = self.removals.next_due(now) else {
                 break;
             };
-            // The same key allocation, not just the same key: a key released and
-            // claimed again is a new entry, with removals of its own.
-            let entry = self
-                .entries
-                .find_entry(hash.0, |e| Arc::ptr_eq(&e.key, &key));
-            if let Ok(entry) = entry
-                && entry.get().deadline == deadline
-            {
-                entry.remove();
-                removed += 1;
-            }
+            removed += usize::from(self.remove(removal));
         }
         removed
     }
 
     /// Removes the entry that expires first, live or not; `false` if there is none.
     fn evict(&mut self) -> bool {
-        while let Some((deadline, hash, key)) = self.removals.pop_earliest() {
-            let entry = self
-                .entries
-                .find_entry(hash.0, |e| Arc::ptr_eq(&e.key, &key));
-            if let Ok(entry) = entry
-                && entry.get().deadline == deadline
-            {
-                entry.remove();
+        while let Some(removal) = self.removals.pop_earliest() {
+            if self.remove(removal) {
                 return true;
             }
         }
         false
+    }
+
+    /// Removes the entry `removal` was scheduled for, unless it is stale; whether it did.
+    fn remove(&mut self, (deadline, hash, key): Removal) -> bool {
+        // The same key allocation, not just the same key: a key released and claimed
+        // again is a new entry, with removals of its own.
+        let entry = self
+            .entries
+            .find_entry(hash.0, |e| Arc::ptr_eq(&e.key, &key));
+        match entry {
+            Ok(entry) if entry.get().deadline == deadline => {
+                entry.remove();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The live entry under `key`, in flight under `token`, with its new deadline and
