@@ -386,12 +386,12 @@ impl MemoryStore {
         self
     }
 
-    /// Makes room for a new key, when the store is full, by dropping the entry that
-    /// expires first in the new key's shard (one of 128; in the next shard that holds
-    /// any if it holds none), live or not: a cache of records instead of a store that
-    /// decides. By default a full store refuses new keys. The order is kept per shard,
-    /// so with a limit well above 128 the store holds about the `max` newest keys (of
-    /// one TTL), and with a smaller one, some of them.
+    /// Makes room for a new key when the store is full: the entry that expires first in
+    /// the new key's shard (one of 128, or the next shard that holds any) is dropped,
+    /// even a live one. The store is then a cache of records, not a store that decides;
+    /// by default a full store refuses new keys instead. The order is per shard: with a
+    /// limit well above 128 and one TTL for all records, the store keeps about the `max`
+    /// newest keys; with a smaller limit, some of the newest.
     ///
     /// This is for the fast tier of a [`TieredStore`](crate::store::TieredStore) in
     /// each replica, where a dropped copy costs the next retry of its key a round trip
