@@ -852,6 +852,44 @@ mod tests {
         assert!(store.lookup("k999").await.unwrap().is_some());
     }
 
+    /// Claims racing on other threads evict each other's room: the count the limit is
+    /// kept by still matches the entries held, and never passes the limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_evictions_keep_the_count_true() {
+        const MAX: usize = 100;
+        let store = MemoryStore::new().with_max_entries(MAX).evicting();
+        let fp = Fingerprint::of_bytes(b"x");
+        let hour = Duration::from_secs(3600);
+        let response = done(http::StatusCode::CREATED);
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (store, response) = (store.clone(), response.clone());
+                tokio::spawn(async move {
+                    for i in 0..1000 {
+                        let key = format!("t{t}-{i}");
+                        if let Ok(Claim::Acquired(token)) = store.claim(&key, fp, hour).await
+                            && i % 2 == 0
+                        {
+                            store.complete(&key, token, &response, hour).await.unwrap();
+                        }
+                        assert!(store.len() <= MAX, "{} entries", store.len());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut held = 0;
+        for t in 0..8 {
+            for i in 0..1000 {
+                held += usize::from(store.lookup(&format!("t{t}-{i}")).await.unwrap().is_some());
+            }
+        }
+        assert_eq!(store.len(), held);
+        assert!(held > MAX / 2, "the store stays about full: {held}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_count_follows_every_way_an_entry_goes() {
         let store = MemoryStore::new();
