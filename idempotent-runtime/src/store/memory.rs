@@ -130,8 +130,8 @@ impl Inner {
     }
 }
 
-/// A claim of a new key that the limit refused.
-struct Full;
+/// A claim of a new key that the limit refused, with the key's hash.
+struct Full(Hash);
 
 /// A key's hash, computed once per operation: it picks the shard and finds the entry.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -512,7 +512,7 @@ impl MemoryStore {
             }
             Slot::Vacant(vacant) => {
                 if !self.inner.admit() {
-                    return Err(Full);
+                    return Err(Full(hash));
                 }
                 let entry = vacant.insert(fresh(Arc::from(key))).into_mut();
                 (entry.token, Arc::clone(&entry.key))
@@ -539,26 +539,23 @@ impl Store for MemoryStore {
         let lease = lease.min(LONGEST);
         let now = Instant::now();
         let mut claimed = self.try_claim(key, fingerprint, lease, now);
-        if claimed.is_err() && self.is_evicting() {
+        if self.is_evicting() {
             // Full: the claim's shard has swept what had expired there; drop what
             // expires first. Another claim may take the room first, so a few tries.
-            let shard = Hash(self.inner.hasher.hash_one(key)).shard();
             for _ in 0..EVICTION_TRIES {
-                if !self.evict_from(shard) {
+                let Err(Full(hash)) = claimed else { break };
+                if !self.evict_from(hash.shard()) {
                     break;
                 }
                 claimed = self.try_claim(key, fingerprint, lease, now);
-                if claimed.is_ok() {
-                    break;
-                }
             }
         }
-        let claimed = claimed.or_else(|Full| {
+        let claimed = claimed.or_else(|Full(_)| {
             // Full: make room from what has expired, in every shard, then try again.
             self.purge_expired();
             self.try_claim(key, fingerprint, lease, now)
         });
-        ready(claimed.map_err(|Full| {
+        ready(claimed.map_err(|Full(_)| {
             StoreError::new(format!(
                 "the memory store is full: it holds its limit of {} entries, none of them expired, so no new key can be claimed",
                 self.max_entries()
