@@ -327,11 +327,11 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         {
             // What is left once the fast store has answered the claim.
             let ttl = until.saturating_duration_since(Instant::now());
-            if !ttl.is_zero() {
+            if ttl.is_zero() {
+                self.fast_op("fill", self.fast.release(key, token)).await;
+            } else {
                 self.fast_op("fill", self.fast.complete(key, token, response, ttl))
                     .await;
-            } else {
-                self.fast_op("fill", self.fast.release(key, token)).await;
             }
         }
     }
