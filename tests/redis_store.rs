@@ -557,6 +557,44 @@ async fn a_batch_goes_out_even_if_its_first_request_is_not_polled_again() {
     assert!(matches!(held, Ok(Claim::Acquired(_))), "{held:?}");
 }
 
+/// A batch whose task never ran, because its runtime shut down first, holds up no later
+/// command: the same store, used from another runtime, is answered again.
+#[test]
+fn a_batch_lost_with_its_runtime_holds_up_no_later_command() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let fp = Fingerprint::of_bytes(b"order");
+    let lease = Duration::from_secs(30);
+    let first = runtime();
+    let store = first.block_on(store_on_shared_server("lost-batch"));
+    first.block_on(async {
+        // Queued, and its batch's task spawned, but the runtime stops before that task runs.
+        let mut lost = Box::pin(store.claim("lost", fp, lease));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(lost.as_mut().poll(&mut cx).is_pending());
+    });
+    drop(first);
+    runtime().block_on(async {
+        // The connection's own task went with the first runtime: the client reconnects
+        // on this one after a failed command or two.
+        for _ in 0..10 {
+            let claim =
+                tokio::time::timeout(Duration::from_secs(2), store.claim("after", fp, lease));
+            match claim.await {
+                Ok(Ok(Claim::Acquired(_))) => return,
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => panic!("a command waited behind the lost batch"),
+            }
+        }
+        panic!("no claim was answered on the second runtime");
+    });
+}
+
 /// A server that forgot the scripts (restarted without them, or `SCRIPT FLUSH`ed) gets
 /// them again on first use: renew, complete and release still work, also when their
 /// commands go to Redis together with others.

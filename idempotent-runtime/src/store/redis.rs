@@ -130,8 +130,10 @@
 //! second in back-to-back runs on a noisy two-core machine. A request alone in its turn
 //! pays for a task that sends its command. The batch goes out from that task whatever
 //! becomes of the request that started it; a command whose own request is given up
-//! before its turn ends is not sent at all. On a Cluster, every command is sent on its
-//! own.
+//! before its turn ends is not sent at all. A turn whose task never runs (its runtime
+//! shut down first) fails its commands with an error rather than holding up the store:
+//! the next command, from another runtime say, starts a turn of its own. On a Cluster,
+//! every command is sent on its own.
 //!
 //! # Fencing tokens
 //!

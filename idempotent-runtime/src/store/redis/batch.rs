@@ -38,10 +38,10 @@ impl Batch {
             queued.len() == 1
         };
         if first {
-            let (batch, mut connection) = (self.clone(), connection.clone());
+            let (mut hold, mut connection) = (Turn(Some(self.clone())), connection.clone());
             let turn = async move {
                 tokio::task::yield_now().await;
-                let queued = std::mem::take(&mut *batch.lock());
+                let queued = hold.take();
                 send(&mut connection, queued).await;
             };
             match tokio::runtime::Handle::try_current() {
@@ -60,6 +60,27 @@ impl Batch {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Cmd, Reply)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A turn's hold on the commands queued in it. A turn dropped before it took them (its
+/// runtime shut down before the task ran) drops them: their requests get an error, and
+/// the next command starts a turn of its own instead of queueing behind commands that
+/// nobody will send, which would hold up every later command of the store.
+struct Turn(Option<Batch>);
+
+impl Turn {
+    fn take(&mut self) -> Vec<(Cmd, Reply)> {
+        self.0
+            .take()
+            .map(|batch| std::mem::take(&mut *batch.lock()))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.take());
     }
 }
 
