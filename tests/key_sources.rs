@@ -218,11 +218,21 @@ async fn a_json_key_that_is_missing_or_unusable() {
     assert!(body.contains("/event/id"), "{body}");
     let (status, _, _) = send(&app, "/json", &[JSON], "not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Beyond 64 bits both would read as 1e20: one key for two events.
+    for id in ["100000000000000000001", "100000000000000000002", "17.5"] {
+        let event = format!(r#"{{"event":{{"id":{id}}}}}"#);
+        let (status, _, body) = send(&app, "/json", &[JSON], &event).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id}");
+        assert!(body.contains("as a string"), "{body}");
+    }
+    let largest = format!(r#"{{"event":{{"id":{}}}}}"#, u64::MAX);
+    let (status, _, _) = send(&app, "/json", &[JSON], &largest).await;
+    assert_eq!(status, StatusCode::OK, "a 64-bit integer is a key");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
     // No body is no key, not a malformed one: it passes, unless the key is required.
     let (status, replayed, body) = send(&app, "/json-raw", &[], "").await;
     assert_eq!((status, replayed), (StatusCode::OK, false), "{body}");
-    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
     let (status, _, body) = send(&app, "/json-required", &[JSON], "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("missing-key"), "{body}");

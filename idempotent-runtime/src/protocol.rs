@@ -482,7 +482,10 @@ fn key_from_json(body: &[u8], pointer: &str) -> Result<Option<String>, Problem> 
     if body.trim_ascii().is_empty() {
         return Ok(None);
     }
-    let invalid = |detail: String| Problem::new(ProblemKind::InvalidKey, detail);
+    let invalid = |detail: String| {
+        tracing::info!(target: TARGET, error = %detail, "request rejected: invalid idempotency key");
+        Problem::new(ProblemKind::InvalidKey, detail)
+    };
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         invalid(format!(
             "the idempotency key is read from `{pointer}` of a JSON body, but the body is not JSON"
@@ -496,11 +499,17 @@ fn key_from_json(body: &[u8], pointer: &str) -> Result<Option<String>, Problem> 
     match value.pointer(pointer) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => checked(s),
-        // Checked too: with serde_json's `arbitrary_precision` (which any crate in the
-        // build can turn on), a number keeps every digit it was sent with.
-        Some(serde_json::Value::Number(n)) => checked(&n.to_string()),
+        // Only an integer is kept exactly: `100000000000000000001` and `...002` would both
+        // be read as the float 1e20, two events sharing one key. (With serde_json's
+        // `arbitrary_precision`, which any crate in the build can turn on, such numbers
+        // would keep their digits; refused all the same, so that a key does not depend on
+        // the build.)
+        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => checked(&n.to_string()),
+        Some(serde_json::Value::Number(_)) => Err(invalid(format!(
+            "the body field at `{pointer}` is a number that is not a 64-bit integer, which is not kept exactly; send the idempotency key as a string"
+        ))),
         Some(_) => Err(invalid(format!(
-            "the body field at `{pointer}` must be a string or a number to be used as the idempotency key"
+            "the body field at `{pointer}` must be a string or an integer to be used as the idempotency key"
         ))),
     }
 }
