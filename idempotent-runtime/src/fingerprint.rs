@@ -9,7 +9,8 @@
 //! not) where an `f64` holds the value exactly: an integer of 64 bits, or a decimal of
 //! at most 15 significant digits. Any other number counts by its digits as sent, so
 //! that amounts an `f64` would round alike (`100000000000000000001` and
-//! `100000000000000000002` wei) stay different requests.
+//! `100000000000000000002` wei) stay different requests. This holds whether or not the
+//! build turns on `serde_json`'s `arbitrary_precision` feature.
 //! Two other kinds of body that clients rebuild differently for the same request are
 //! normalised too:
 //!
@@ -34,6 +35,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::OnceLock;
 
 use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -335,10 +337,7 @@ impl Node {
     /// `None` if `bytes` is not one JSON document (nesting past `serde_json`'s limit
     /// included).
     fn parse(bytes: &[u8]) -> Option<Self> {
-        let numbers = Numbers {
-            bytes,
-            pos: Cell::new(0),
-        };
+        let numbers = Numbers::new(bytes);
         let mut reader = serde_json::Deserializer::from_slice(bytes);
         let node = Read(&numbers).deserialize(&mut reader).ok()?;
         reader.end().ok()?;
@@ -423,9 +422,19 @@ impl Node {
 struct Numbers<'a> {
     bytes: &'a [u8],
     pos: Cell<usize>,
+    /// Whether `serde_json` hands over numbers as maps (see [`PRIVATE_NUMBER`]).
+    as_maps: bool,
 }
 
-impl Numbers<'_> {
+impl<'a> Numbers<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            pos: Cell::new(0),
+            as_maps: numbers_as_maps(),
+        }
+    }
+
     /// The text of the next number, past strings (which may hold digits).
     fn next(&self) -> Option<&str> {
         let bytes = self.bytes;
@@ -454,12 +463,39 @@ impl Numbers<'_> {
     /// The canonical text of the next number, which `serde_json` read as `number`.
     fn canonical(&self, number: Number) -> Option<Node> {
         let text = self.next()?;
-        Some(Node::Number(if is_exact(&number, text) {
-            number.to_string()
-        } else {
-            format!("#{text}")
-        }))
+        Some(Node::Number(canonical_number(&number, text)))
     }
+}
+
+/// How the canonical form writes `number`, read from `text`: as `serde_json` writes its
+/// value when that value is exact, else `#` and the digits as sent.
+fn canonical_number(number: &Number, text: &str) -> String {
+    if is_exact(number, text) {
+        number.to_string()
+    } else {
+        format!("#{text}")
+    }
+}
+
+/// The name under which `serde_json` built with its `arbitrary_precision` feature (which
+/// any crate in the build can turn on, `rust_decimal`'s arbitrary-precision serde
+/// support among them) hands a visitor each number that is not a 64-bit integer: a map
+/// of one entry, from this name to the number's text. Such numbers are read back into
+/// numbers, so that they count by value in either build.
+const PRIVATE_NUMBER: &str = "$serde_json::private::Number";
+
+/// Whether this build's `serde_json` hands over numbers as maps (see [`PRIVATE_NUMBER`]).
+fn numbers_as_maps() -> bool {
+    static AS_MAPS: OnceLock<bool> = OnceLock::new();
+    // The same feature keeps a number's text: `0.50` stays `0.50`.
+    *AS_MAPS.get_or_init(|| {
+        serde_json::from_str::<Number>("0.50").is_ok_and(|n| n.to_string() == "0.50")
+    })
+}
+
+/// The value of a number `serde_json` handed over as its text; `None` past `f64`.
+fn number_from_text(text: &str) -> Option<Number> {
+    text.parse().ok().and_then(Number::from_f64)
 }
 
 /// Whether `number`, read from `text`, is the value `text` spells: an integer that fits
@@ -544,6 +580,12 @@ impl<'de> Visitor<'de> for Read<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut members: Vec<(String, Node)> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            if members.is_empty() && self.0.as_maps && key == PRIVATE_NUMBER {
+                let text: String = map.next_value()?;
+                let number = number_from_text(&text)
+                    .ok_or_else(|| de::Error::custom("a number past the range of an f64"))?;
+                return self.number(number);
+            }
             members.push((key, map.next_value_seed(self)?));
         }
         // Stable, so that of a repeated key the last comes last and is the one kept.
@@ -892,16 +934,52 @@ mod tests {
     /// Whether every number of `bytes` is one that a `Value` holds exactly, judged
     /// by the text alone: a 64-bit integer, or at most 15 digits and no exponent.
     fn numbers_fit_a_value(bytes: &[u8]) -> bool {
-        let numbers = Numbers {
-            bytes,
-            pos: Cell::new(0),
-        };
+        let numbers = Numbers::new(bytes);
         std::iter::from_fn(|| numbers.next()).all(|text| {
             text.parse::<i64>().is_ok()
                 || text.parse::<u64>().is_ok()
                 || (!text.contains(['e', 'E'])
                     && text.bytes().filter(u8::is_ascii_digit).count() <= 15)
         })
+    }
+
+    /// A `serde_json` built with `arbitrary_precision` hands over each number that is
+    /// not a 64-bit integer as a map of one entry to its text: it is read as the same
+    /// number, not hashed as an object (a body with its keys reordered, which is not
+    /// hashed as sent, would otherwise no longer be the same request).
+    #[test]
+    fn numbers_handed_over_as_text_are_numbers() {
+        use serde::de::value::{Error, MapDeserializer};
+        for text in [
+            "10.5",
+            "10.50",
+            "1.05e1",
+            "-0",
+            "100000000000000000001",
+            "0.1234567890123456789",
+            "1e-400",
+        ] {
+            let numbers = Numbers {
+                as_maps: true,
+                ..Numbers::new(text.as_bytes())
+            };
+            let map = MapDeserializer::<_, Error>::new([(PRIVATE_NUMBER, text)].into_iter());
+            let written = |node: Node| {
+                let mut out = Vec::new();
+                node.write(&mut out);
+                String::from_utf8(out).unwrap()
+            };
+            let read = Read(&numbers).deserialize(map).unwrap();
+            let parsed = Node::parse(text.as_bytes()).unwrap();
+            assert_eq!(written(read), written(parsed), "{text}");
+        }
+        // In this build, such a map in a body is an object like any other.
+        let literal = format!(r#"{{"{PRIVATE_NUMBER}":"10.5"}}"#);
+        assert!(!numbers_as_maps());
+        assert!(matches!(
+            Node::parse(literal.as_bytes()),
+            Some(Node::Object(_))
+        ));
     }
 
     #[test]
