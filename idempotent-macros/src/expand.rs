@@ -412,6 +412,11 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         #private_output::HandlerOutput::into_response(#output_at_type)
     );
     let stmts = &block.stmts;
+    // At the function's name: where a future that is not `Send` is reported.
+    let private_name = runtime.private_at(sig.ident.span());
+    let handler_future = quote_spanned!(Span::mixed_site().located_at(sig.ident.span())=>
+        #private_name::handler_future
+    );
     // The closure takes each argument whole and its body binds the user's patterns, as
     // an `async fn` does: every argument moves into the future, so one the body never
     // names (`_permit`, a guard) lives until the body ends, and a `ref` pattern borrows
@@ -469,7 +474,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             #(#bounds,)*
         {
             static #endpoint_static: #private::Endpoint = #endpoint;
-            let #handler = |#(#arguments: #types),*| async move {
+            let #handler = |#(#arguments: #types),*| #handler_future(async move {
                 #(#bind_arguments)*
                 let #output = async move {
                     #[allow(
@@ -491,7 +496,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
                 .await;
                 #declared
                 #into_response
-            };
+            });
             #run
         }
     }

@@ -65,6 +65,14 @@ pub mod __private {
     pub use crate::protocol::{Endpoint, FingerprintMode, RouterState, ScopeSource, run};
     pub use crate::scope::{Scope, run_scoped};
 
+    /// The future of an `#[idempotent]` handler's body, which must be `Send`, as axum
+    /// requires of every handler. Passed through here, one that is not is reported as
+    /// rustc reports any such future, naming what is held across which `.await`,
+    /// rather than as a `Handler` bound the handler's closure does not meet.
+    pub fn handler_future<F: core::future::Future + Send>(future: F) -> F {
+        future
+    }
+
     /// What an `#[idempotent]` handler returns: anything axum turns into a response.
     /// The expansion converts through it to word the error for a return type that is not.
     #[diagnostic::on_unimplemented(
