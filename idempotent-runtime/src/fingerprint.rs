@@ -463,17 +463,11 @@ impl<'a> Numbers<'a> {
     /// The canonical text of the next number, which `serde_json` read as `number`.
     fn canonical(&self, number: Number) -> Option<Node> {
         let text = self.next()?;
-        Some(Node::Number(canonical_number(&number, text)))
-    }
-}
-
-/// How the canonical form writes `number`, read from `text`: as `serde_json` writes its
-/// value when that value is exact, else `#` and the digits as sent.
-fn canonical_number(number: &Number, text: &str) -> String {
-    if is_exact(number, text) {
-        number.to_string()
-    } else {
-        format!("#{text}")
+        Some(Node::Number(if is_exact(&number, text) {
+            number.to_string()
+        } else {
+            format!("#{text}")
+        }))
     }
 }
 
