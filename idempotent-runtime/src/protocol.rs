@@ -477,7 +477,7 @@ fn key_problem(err: &KeyError, source: KeySource) -> Problem {
     Problem::new(kind, format!("{err} (read from {source})"))
 }
 
-fn key_from_json(body: &[u8], pointer: &str) -> Result<Option<String>, Problem> {
+fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, Problem> {
     // No body (a webhook's empty ping, an `Option<Json<_>>` handler) holds no key.
     if body.trim_ascii().is_empty() {
         return Ok(None);
@@ -494,7 +494,7 @@ fn key_from_json(body: &[u8], pointer: &str) -> Result<Option<String>, Problem> 
     let checked = |key: &str| {
         key::parse_key(key.as_bytes())
             .map(Some)
-            .map_err(|err| invalid(format!("{err} (read from the body field at `{pointer}`)")))
+            .map_err(|err| key_problem(&err, KeySource::Json(pointer)))
     };
     match value.pointer(pointer) {
         None | Some(serde_json::Value::Null) => Ok(None),
