@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use idempotent_runtime::{FencingToken, PostgresStore};
@@ -149,7 +149,10 @@ pub struct Forwarder {
     upstream: SocketAddr,
     running: Mutex<Option<Running>>,
     messages: Arc<Messages>,
-    muted: Arc<AtomicBool>,
+    /// One more than the generation of connections whose answers are dropped; 0 for none.
+    muted: Arc<AtomicU64>,
+    /// The generation of connections: `sever` closes every connection of the current one
+    /// and starts the next.
     severed: watch::Sender<u64>,
 }
 
@@ -259,14 +262,21 @@ async fn count_and_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, message
     let _ = to.shutdown().await;
 }
 
-/// Copies the server's answers to the client, dropping them while `muted`.
-async fn answer(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, muted: Arc<AtomicBool>) {
+/// Copies the server's answers to a client whose connection is of `generation`, dropping
+/// them while that generation is `muted`.
+async fn answer(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    muted: Arc<AtomicU64>,
+    generation: u64,
+) {
     let mut buf = vec![0; 16 * 1024];
     while let Ok(n) = from.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        if !muted.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+        let dropped = muted.load(Ordering::SeqCst) == generation + 1;
+        if !dropped && to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -313,16 +323,17 @@ impl Forwarder {
         &self.messages
     }
 
-    /// Drops the server's answers, on every connection, until [`sever`](Self::sever):
-    /// statements still reach the server and run there.
+    /// Drops the server's answers on every connection open now, until
+    /// [`sever`](Self::sever) closes them: statements still reach the server and run
+    /// there.
     pub fn mute(&self) {
-        self.muted.store(true, Ordering::SeqCst);
+        self.muted
+            .store(*self.severed.borrow() + 1, Ordering::SeqCst);
     }
 
-    /// Closes every connection open now, keeping the port open for new ones, and lets
-    /// answers through again.
+    /// Closes every connection open now, keeping the port open for new ones: their
+    /// answers get through.
     pub fn sever(&self) {
-        self.muted.store(false, Ordering::SeqCst);
         self.severed.send_modify(|generation| *generation += 1);
     }
 
@@ -354,6 +365,7 @@ impl Forwarder {
                         let messages = Arc::clone(&messages);
                         let muted = Arc::clone(&muted);
                         let mut severed = severed.subscribe();
+                        let generation = *severed.borrow_and_update();
                         connections.spawn(async move {
                             let Ok(outbound) = TcpStream::connect(upstream).await else { return };
                             let (client_reads, client_writes) = inbound.into_split();
@@ -361,7 +373,7 @@ impl Forwarder {
                             let both = async {
                                 tokio::join!(
                                     count_and_copy(client_reads, server_writes, messages),
-                                    answer(server_reads, client_writes, muted),
+                                    answer(server_reads, client_writes, muted, generation),
                                 )
                             };
                             // Returning drops both sockets.
