@@ -4,10 +4,12 @@
 mod support;
 
 use idempotent_runtime::{RedisStore, testkit};
+use support::redis_commands::remove_prefix;
 use support::redis_server::{RedisCluster, shared_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_single_node_passes_the_kit() {
+    let prefix = support::unique_prefix("kit");
     let store = RedisStore::connect(shared_url())
         .await
         .unwrap_or_else(|e| {
@@ -16,19 +18,22 @@ async fn redis_single_node_passes_the_kit() {
                 shared_url()
             )
         })
-        .with_prefix(support::unique_prefix("kit"));
+        .with_prefix(prefix.clone());
     testkit::run_all(&store).await;
+    remove_prefix(&shared_url(), &prefix).await;
 }
 
 /// Replies are read the same whichever protocol the connection speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_over_resp3_passes_the_kit() {
     let url = format!("{}?protocol=resp3", shared_url());
+    let prefix = support::unique_prefix("kit");
     let store = RedisStore::connect(url.as_str())
         .await
         .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
-        .with_prefix(support::unique_prefix("kit"));
+        .with_prefix(prefix.clone());
     testkit::run_all(&store).await;
+    remove_prefix(&shared_url(), &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

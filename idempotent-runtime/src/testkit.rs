@@ -11,10 +11,14 @@
 //! ```
 //!
 //! Each check uses keys under a random prefix, so the kit can run in parallel with other
-//! tests against a shared server, and twice in a row. The checks that involve expiry use
-//! real time (stores keep time on their server): leases and TTLs of a few hundred
-//! milliseconds to two seconds with generous margins, about seven seconds for the whole
-//! kit.
+//! tests against a shared server, and twice in a row. Every record but one expires
+//! within a minute; [`longest_ttl_is_kept`]'s is kept for as long as the store keeps
+//! anything (100 years, in effect for ever), so give the store a prefix of its own for
+//! the run and remove its keys afterwards.
+//!
+//! The checks that involve expiry use real time (stores keep time on their server):
+//! leases and TTLs of a few hundred milliseconds to two seconds with generous margins,
+//! about seven seconds for the whole kit.
 //!
 //! A failed check panics with a message naming the check and the rule it broke.
 
@@ -50,6 +54,7 @@ pub async fn run_all<S: Store + Clone>(store: &S) {
     keys_are_independent(store, &key("a"), &key("b")).await;
     renewal_keeps_the_lease(store, &key("renew")).await;
     longest_lease_is_held(store, &key("longest")).await;
+    longest_ttl_is_kept(store, &key("longest-ttl")).await;
     lapsed_lease_is_taken_over(store, &key("takeover")).await;
     completion_outlives_the_lease(store, &key("outlives")).await;
     stale_owner_is_fenced(store, &key("fenced")).await;
@@ -125,15 +130,37 @@ pub async fn claim_is_exclusive<S: Store>(store: &S, key: &str) {
 
 /// A completed key replays the stored response exactly.
 pub async fn complete_then_replay<S: Store>(store: &S, key: &str) {
+    let (fingerprint, stored) = complete_and_claim(store, key, LONG, "").await;
+    assert_eq!(fingerprint, fp("a"));
+    assert_eq!(
+        stored,
+        sample_response(),
+        "the stored response must come back byte for byte"
+    );
+    assert_eq!(
+        stored.headers().iter().filter(|(n, _)| n == "vary").count(),
+        2,
+        "repeated headers are kept"
+    );
+}
+
+/// Claims `key`, completes it with [`sample_response`] under `ttl`, and claims it again:
+/// the completed record's fingerprint and response. `under` qualifies the completion in
+/// the messages of a failure.
+async fn complete_and_claim<S: Store>(
+    store: &S,
+    key: &str,
+    ttl: Duration,
+    under: &str,
+) -> (Fingerprint, StoredResponse) {
     let token = acquire(store, key, fp("a"), LONG).await;
-    let response = sample_response();
     assert!(
         ok(
-            store.complete(key, token, &response, LONG).await,
+            store.complete(key, token, &sample_response(), ttl).await,
             "complete"
         )
         .await,
-        "owner's complete must succeed"
+        "the owner's completion{under} must succeed"
     );
     match ok(
         store.claim(key, fp("a"), LONG).await,
@@ -143,20 +170,9 @@ pub async fn complete_then_replay<S: Store>(store: &S, key: &str) {
     {
         Claim::Existing(Record::Completed {
             fingerprint,
-            response: stored,
-        }) => {
-            assert_eq!(fingerprint, fp("a"));
-            assert_eq!(
-                stored, response,
-                "the stored response must come back byte for byte"
-            );
-            assert_eq!(
-                stored.headers().iter().filter(|(n, _)| n == "vary").count(),
-                2,
-                "repeated headers are kept"
-            );
-        }
-        other => panic!("claim of a completed key must return the record, got {other:?}"),
+            response,
+        }) => (fingerprint, response),
+        other => panic!("a claim of a key completed{under} must return the record, got {other:?}"),
     }
 }
 
@@ -364,6 +380,20 @@ pub async fn longest_lease_is_held<S: Store>(store: &S, key: &str) {
     );
     let again = acquire(store, key, fp("a"), SHORT).await;
     assert!(ok(store.release(key, again).await, "release").await);
+}
+
+/// A completion under a TTL of `Duration::MAX` ("keep it for ever") is kept and replayed,
+/// not refused or overflowed: a store cuts what it cannot represent. Its record does not
+/// expire on its own: on a shared server, run the kit on a store with a prefix of its
+/// own and remove that prefix's keys afterwards.
+pub async fn longest_ttl_is_kept<S: Store>(store: &S, key: &str) {
+    let under = " under a TTL of Duration::MAX";
+    let (_, stored) = complete_and_claim(store, key, Duration::MAX, under).await;
+    assert_eq!(
+        stored,
+        sample_response(),
+        "a response kept under a TTL of Duration::MAX must be replayed"
+    );
 }
 
 /// A lease that is not renewed lapses and the key can be claimed again.

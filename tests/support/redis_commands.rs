@@ -40,3 +40,21 @@ pub fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashM
         .filter(|(_, calls)| *calls > 0)
         .collect()
 }
+
+/// Removes the keys under `prefix`: the conformance kit's record kept under a TTL of
+/// `Duration::MAX` never expires on its own, and the shared server outlives the tests.
+pub async fn remove_prefix(url: &str, prefix: &str) {
+    let mut conn = raw_connection(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("KEYS {prefix}*: {e}"));
+    if !keys.is_empty() {
+        let _: u64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("DEL: {e}"));
+    }
+}
