@@ -25,6 +25,14 @@ const ARGUMENTS: &[&str] = &[
     "fingerprint",
     "crate",
 ];
+/// The units named in duration messages, and every spelling humantime reads (but `M`,
+/// months, which `duration` refuses as a likely `m`), plurals first, for suggestions.
+const UNITS: &str = "units are `ms`, `s`, `m`, `h` and `d`";
+const DURATION_UNITS: &[&str] = &[
+    "ns", "nanos", "nsec", "us", "usec", "ms", "millis", "msec", "s", "seconds", "second", "secs",
+    "sec", "m", "minutes", "minute", "mins", "min", "h", "hours", "hour", "hrs", "hr", "d", "days",
+    "day", "w", "weeks", "week", "wks", "wk", "months", "month", "y", "years", "year", "yrs", "yr",
+];
 const KEY_SOURCES: &[&str] = &["header", "query", "json", "body"];
 
 /// A value and the span of the tokens it came from.
@@ -75,6 +83,8 @@ pub(crate) struct Args {
     pub(crate) store: Option<Spanned<StoreArg>>,
     pub(crate) fingerprint: Option<Spanned<FingerprintArg>>,
     pub(crate) krate: Option<Spanned<syn::Path>>,
+    /// The arguments read so far, valid or not, to report a repeat of any of them.
+    given: Vec<String>,
 }
 
 /// Collects errors instead of stopping at the first.
@@ -98,24 +108,6 @@ impl Errors {
     }
 }
 
-/// Sets `slot` unless it is already set; a repeat is reported at its second occurrence.
-fn set_once<T>(
-    slot: &mut Option<Spanned<T>>,
-    name: &str,
-    span: Span,
-    value: T,
-    errors: &mut Errors,
-) {
-    if slot.is_some() {
-        errors.error(
-            span,
-            format!("`{name}` is given more than once\nremove this one or the first"),
-        );
-    } else {
-        *slot = Some(Spanned { span, value });
-    }
-}
-
 impl Args {
     pub(crate) fn parse(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Self> {
         let mut args = Args::default();
@@ -133,23 +125,34 @@ impl Args {
             return skip_value(meta);
         };
         let span = ident.span();
-        match ident.to_string().as_str() {
+        let name = ident.to_string();
+        if ARGUMENTS.contains(&name.as_str()) {
+            if self.given.contains(&name) {
+                errors.error(
+                    span,
+                    format!("`{name}` is given more than once\nremove this one or the first"),
+                );
+                return skip_value(meta);
+            }
+            self.given.push(name.clone());
+        }
+        match name.as_str() {
             // ttl = "24h"
             "ttl" => {
                 if let Some(ttl) = duration(meta, "ttl", errors)? {
-                    set_once(&mut self.ttl, "ttl", span, ttl, errors);
+                    self.ttl = Some(Spanned { span, value: ttl });
                 }
             }
             // lease = "30s"
             "lease" => {
                 if let Some(lease) = duration(meta, "lease", errors)? {
-                    set_once(&mut self.lease, "lease", span, lease, errors);
+                    self.lease = Some(Spanned { span, value: lease });
                 }
             }
             // key = header | header("X-Request-Id") | query("k") | json("/event/id") | body
             "key" => {
                 if let Some(key) = key_source(meta, errors)? {
-                    set_once(&mut self.key, "key", span, key, errors);
+                    self.key = Some(Spanned { span, value: key });
                 }
             }
             // required
@@ -161,30 +164,30 @@ impl Args {
                     );
                     skip_value(meta)?;
                 }
-                set_once(&mut self.required, "required", span, (), errors);
+                self.required = Some(Spanned { span, value: () });
             }
             // scope = header("Authorization") | scope = AuthUser
             "scope" => {
                 if let Some(scope) = scope(meta, errors)? {
-                    set_once(&mut self.scope, "scope", span, scope, errors);
+                    self.scope = Some(Spanned { span, value: scope });
                 }
             }
             // store = "2xx,4xx"
             "store" => {
                 if let Some(store) = store_policy(meta, errors)? {
-                    set_once(&mut self.store, "store", span, store, errors);
+                    self.store = Some(Spanned { span, value: store });
                 }
             }
             // fingerprint = body | none | exclude("/sent_at")
             "fingerprint" => {
                 if let Some(fp) = fingerprint(meta, errors)? {
-                    set_once(&mut self.fingerprint, "fingerprint", span, fp, errors);
+                    self.fingerprint = Some(Spanned { span, value: fp });
                 }
             }
             // crate = "idem"
             "crate" => {
                 if let Some(path) = crate_path(meta, errors)? {
-                    set_once(&mut self.krate, "crate", span, path, errors);
+                    self.krate = Some(Spanned { span, value: path });
                 }
             }
             other => {
@@ -282,7 +285,7 @@ fn duration(
                 )
             } else {
                 format!(
-                    "`{name}` takes a duration string such as `{name} = \"{example}\"`\nunits are `ms`, `s`, `m`, `h` and `d`"
+                    "`{name}` takes a duration string such as `{name} = \"{example}\"`\n{UNITS}"
                 )
             };
             errors.error(lit.span(), message);
@@ -296,6 +299,16 @@ fn duration(
             return Ok(None);
         }
     };
+    if let Some(at) = months_unit(&text) {
+        let minutes = format!("{}m{}", &text[..at], &text[at + 1..]);
+        errors.error(
+            lit.span(),
+            format!(
+                "in `{text}`, `M` is months, and minutes are `m`\nwrite `\"{minutes}\"` for minutes, or spell out `months` if months are meant"
+            ),
+        );
+        return Ok(None);
+    }
     match humantime::parse_duration(&text) {
         // Stores keep time in whole milliseconds (Redis `PX`, for one).
         Ok(d) if d < Duration::from_millis(1) => {
@@ -317,21 +330,54 @@ fn duration(
             Ok(None)
         }
         Ok(d) => Ok(Some(d)),
-        Err(_) => {
+        Err(err) => {
             let trimmed = text.trim();
-            let message = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-                format!(
-                    "the duration `{trimmed}` has no unit; did you mean `\"{trimmed}s\"`?\nunits are `ms`, `s`, `m`, `h` and `d`"
-                )
-            } else {
-                format!(
+            let message = match err {
+                _ if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!(
+                        "the duration `{trimmed}` has no unit; did you mean `\"{trimmed}s\"`?\n{UNITS}"
+                    )
+                }
+                humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                    format!("in `{text}`, the number `{value}` has no unit\n{UNITS}")
+                }
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    // A unit in the wrong case (`H`) is that unit; otherwise, since any
+                    // one letter is near some unit, suggest only for longer words.
+                    let lower = unit.to_ascii_lowercase();
+                    let near = match DURATION_UNITS.iter().find(|u| **u == lower) {
+                        Some(unit) => Some(*unit),
+                        None if unit.len() > 2 => suggest(&unit, DURATION_UNITS),
+                        None => None,
+                    };
+                    let hint = match near {
+                        Some(near) => format!("; did you mean `{near}`?"),
+                        None => String::new(),
+                    };
+                    format!("in `{text}`, `{unit}` is not a unit of time{hint}\n{UNITS}")
+                }
+                humantime::DurationError::NumberOverflow => format!(
+                    "`{text}` is too long a duration, or too fine: the smallest unit is `ns`\nwrite a duration such as `\"{example}\"`"
+                ),
+                _ => format!(
                     "`{text}` is not a duration\nwrite it like `\"{example}\"`, `\"90s\"`, `\"500ms\"` or `\"1h 30m\"`"
-                )
+                ),
             };
             errors.error(lit.span(), message);
             Ok(None)
         }
     }
+}
+
+/// Where the first `M` unit in a duration is (`"5M"`, `"1h 5 M"`): humantime reads `M`
+/// as months, which someone writing a TTL or a lease almost never means.
+fn months_unit(text: &str) -> Option<usize> {
+    text.match_indices('M').map(|(at, _)| at).find(|&at| {
+        let number = text[..at].trim_end_matches(' ');
+        let rest = &text[at + 1..];
+        number.ends_with(|c: char| c.is_ascii_digit())
+            && !rest.starts_with(|c: char| c.is_ascii_alphabetic())
+    })
 }
 
 /// Reads `= "path"`: where the `idempotent-runtime` crate is, for a dependency renamed

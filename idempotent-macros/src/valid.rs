@@ -160,6 +160,12 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
                         ));
                     }
                 }
+                if let Type::Reference(reference) = &*typed.ty {
+                    errors.error(
+                        reference.and_token.span,
+                        "`#[idempotent]` handlers take their arguments by value: axum hands each extractor over owned, with nothing for it to borrow from\nremove the `&`, like `headers: HeaderMap`",
+                    );
+                }
                 if let Some(span) = impl_trait_span(&typed.ty) {
                     errors.error(
                         span,
