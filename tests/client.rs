@@ -45,6 +45,20 @@ async fn create(State(server): State<Server>, headers: HeaderMap) -> (StatusCode
     (StatusCode::CREATED, format!("order {n}"))
 }
 
+/// A business conflict the endpoint stores: a retry gets it replayed, `Retry-After`
+/// and all.
+#[idempotent(required, store = "2xx,409")]
+async fn reserve(State(server): State<Server>) -> (StatusCode, [(&'static str, &'static str); 2]) {
+    server.runs.fetch_add(1, Ordering::SeqCst);
+    (
+        StatusCode::CONFLICT,
+        [
+            ("retry-after", "1"),
+            ("content-type", "application/problem+json"),
+        ],
+    )
+}
+
 /// A proxy in front of the app that notes each attempt's key and loses responses.
 async fn lossy_proxy(State(server): State<Server>, request: Request, next: Next) -> Response {
     let key = request
@@ -78,6 +92,7 @@ async fn serve() -> (String, Server) {
     };
     let app = Router::new()
         .route("/orders", post(create).get(|| async { "orders" }))
+        .route("/reservations", post(reserve))
         .layer(middleware::from_fn_with_state(server.clone(), lossy_proxy))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -215,5 +230,22 @@ async fn a_duplicate_waits_out_the_conflict_and_gets_the_response() {
     assert_eq!(duplicate.headers()["idempotent-replayed"], "true");
     let first = first.await.expect("joined").expect("sent");
     assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(server.runs.load(Ordering::SeqCst), 1);
+}
+
+/// A `409` with `Retry-After` that the handler answered is stored: once it comes back
+/// replayed, retrying again would only get it again.
+#[tokio::test]
+async fn a_replayed_conflict_is_not_retried() {
+    let (url, server) = serve().await;
+    let url = url.replace("/orders", "/reservations");
+    let response = client().post(&url).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        keys(&server).len(),
+        2,
+        "the handler's 409, retried once as in flight, then its replay"
+    );
     assert_eq!(server.runs.load(Ordering::SeqCst), 1);
 }

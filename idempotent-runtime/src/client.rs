@@ -59,6 +59,7 @@ pub use {reqwest_middleware, reqwest_retry};
 
 use crate::FencingToken;
 use crate::key::DEFAULT_HEADER;
+use crate::response::REPLAYED_HEADER;
 
 /// The key every attempt of one request carries.
 ///
@@ -179,7 +180,9 @@ impl std::error::Error for InvalidKey {}
 
 /// `reqwest-retry`'s default strategy, plus: a `409` with `Retry-After` (the first
 /// attempt is still running) is retried, so the client ends up with its response.
-/// A `422` (the key was used for another request) is never retried.
+/// A `422` (the key was used for another request) is never retried, nor is a replayed
+/// response (`Idempotent-Replayed`), a `409` with `Retry-After` included: that is the
+/// stored answer of a handler, and every retry would get it again.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryInFlight;
 
@@ -191,6 +194,7 @@ impl RetryableStrategy for RetryInFlight {
         if let Ok(response) = result
             && response.status() == StatusCode::CONFLICT
             && response.headers().contains_key(http::header::RETRY_AFTER)
+            && !response.headers().contains_key(REPLAYED_HEADER)
         {
             return Some(Retryable::Transient);
         }
