@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_runtime::once::{OnceError, Outcome};
+use idempotent_runtime::once::{Once, OnceError, Outcome};
 use idempotent_runtime::{Idempotency, MemoryStore};
 
 mod support;
@@ -25,6 +25,24 @@ const EVENT: Event = Event {
 /// Work that counts its runs and answers with the count.
 async fn counted(runs: &AtomicUsize) -> Result<usize, std::io::Error> {
     Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// Redelivers `evt_1` until it gets the replay of the first run's result, for at most
+/// `limit`: in flight meanwhile, never run again.
+async fn replayed_within(refunds: &Once<'_>, runs: &AtomicUsize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match refunds.run("evt_1", &EVENT, || counted(runs)).await {
+            Ok(Outcome::Replayed(1)) => return,
+            Err(OnceError::InFlight { .. }) => {}
+            other => panic!("expected the replay or in flight, got {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the result was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -56,19 +74,30 @@ async fn a_result_the_store_failed_to_record_for_a_while_is_kept_once_it_answers
     let runs = AtomicUsize::new(0);
     let first = refunds.run("evt_1", &EVENT, || counted(&runs)).await;
     assert_eq!(first.ok(), Some(Outcome::Ran(1)));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match refunds.run("evt_1", &EVENT, || counted(&runs)).await {
-            Ok(Outcome::Replayed(1)) => break,
-            Err(OnceError::InFlight { .. }) => {}
-            other => panic!("expected the replay or in flight, got {other:?}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the result was never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    replayed_within(&refunds, &runs, Duration::from_secs(10)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A consumer that stops waiting for `run` once the work has returned (a `select!` on
+/// shutdown, a `timeout` around the call) still leaves the record behind: a redelivery
+/// gets the result instead of running the work again.
+#[tokio::test]
+async fn a_caller_that_stops_waiting_after_the_work_loses_no_record() {
+    let idempotency = Idempotency::new(Flaky::new(Fault::SlowComplete(Duration::from_millis(300))));
+    let refunds = idempotency
+        .once("refunds")
+        .with_lease(Duration::from_secs(1));
+    let runs = AtomicUsize::new(0);
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        refunds.run("evt_1", &EVENT, || counted(&runs)),
+    )
+    .await;
+    assert!(given_up.is_err(), "the caller stopped waiting");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran before that");
+    // Until the record lands the key is in flight; past the lease, a lost record would
+    // let the redelivery run the work again.
+    replayed_within(&refunds, &runs, Duration::from_secs(3)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
@@ -132,6 +161,35 @@ async fn a_result_that_does_not_read_back_is_never_run_again() {
         "{changed:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2, "each work ran once");
+}
+
+/// A result whose `Serialize` panics still ends the claim: the work ran, so the key
+/// holds an (unreadable) record instead of staying in flight until its lease lapses
+/// and running the work again.
+#[tokio::test]
+async fn a_result_whose_serialize_panics_is_never_run_again() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Receipt(u64);
+    impl serde::Serialize for Receipt {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("a bug in a hand-written Serialize");
+        }
+    }
+
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let receipts = idempotency
+        .once("receipts")
+        .with_lease(Duration::from_secs(60));
+    let runs = AtomicUsize::new(0);
+    let work = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(Receipt(7))
+    };
+    let first = receipts.run("evt_1", &EVENT, work).await;
+    assert_eq!(first.ok(), Some(Outcome::Ran(Receipt(7))));
+    let again = receipts.run("evt_1", &EVENT, work).await;
+    assert!(matches!(again, Err(OnceError::Unreadable(_))), "{again:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -38,8 +38,8 @@
 //! | `Ok(Outcome::Ran(v))` | the work ran now; `v` is stored for the TTL | yes |
 //! | `Ok(Outcome::Replayed(v))` | it ran before; `v` is what it returned | yes |
 //! | `Err(OnceError::InFlight { .. })` | another consumer is doing it right now | redeliver in a second or so |
-//! | `Err(OnceError::Failed(e))` | the work failed; the key was released | redeliver |
-//! | `Err(OnceError::TimedOut)` | the work ran past the app's execution limit and was stopped; the key was released | redeliver |
+//! | `Err(OnceError::Failed(e))` | the work failed; the key was released (or frees up when its lease lapses, if the store is down) | redeliver |
+//! | `Err(OnceError::TimedOut)` | the work ran past the app's execution limit and was stopped; the key was released, as for `Failed` | redeliver |
 //! | `Err(OnceError::KeyReused)` | the key was used with a different input | dead-letter |
 //! | `Err(OnceError::Store(_))` | the store is unavailable; nothing ran | redeliver later |
 //! | `Err(OnceError::Input(_))` | the input does not serialise; nothing ran | dead-letter |
@@ -55,17 +55,24 @@
 //!
 //! `Unreadable` means the work ran: a redelivery would only get the same error until the
 //! record expires, and then run the work a second time. It comes from a result type
-//! changed between deploys, or a result that did not serialise (a NaN `f64`, a map
-//! with non-string keys) when the work ran.
+//! changed between deploys, or a result that did not serialise (a map with keys that are
+//! not strings or numbers) or does not read back (a map with number keys inside an
+//! internally tagged enum) when the work ran; the last two are logged as errors then.
 //!
 //! The input is fingerprinted in canonical JSON, like a request body. The work's result
-//! is stored as JSON, so it must serialise and deserialise. While the work runs, its
-//! lease is renewed; if the work panics, the key is released and the panic resumes. A
-//! future dropped mid-work (its task cancelled) stops renewing, and the key frees up when
-//! the lease lapses. Dropped after the work but before its result is recorded, it leaves
-//! no record either, and a redelivery runs the work again: bound the work with a
-//! timeout inside the closure, or with the app's execution limit
-//! ([`Idempotency::with_execution_limit`]), not the call to `run` from outside.
+//! is stored as JSON, so it must serialise and deserialise. serde_json writes a NaN or
+//! infinite `f64` as `null`: such a result replays as `null` (`None` for an
+//! `Option<f64>`), and inputs that differ only there count as the same input.
+//!
+//! While the work runs, its lease is renewed; if the work panics, the key is released
+//! and the panic resumes. Once the work has returned, its result is recorded (or its key
+//! released) in a task of its own, which a caller that stops waiting then (a `select!`
+//! on shutdown, a `timeout` around `run`) does not cancel, and which
+//! [`Idempotency::drain`] waits for. A future dropped mid-work cancels the work itself:
+//! it stops renewing, the key frees up when the lease lapses, and a redelivery then runs
+//! the work again. Bound the work with a timeout inside the closure, or with the app's
+//! execution limit ([`Idempotency::with_execution_limit`]), rather than the call to
+//! `run` from outside.
 
 use std::fmt;
 use std::future::Future;
@@ -268,27 +275,76 @@ impl Once<'_> {
         let value = match outcome {
             Guarded::Done(Ok(value)) => value,
             Guarded::Done(Err(err)) => {
-                execution.release().await;
+                end_claim(execution, End::Release).await;
                 return Err(OnceError::Failed(err));
             }
             Guarded::PastLimit => {
-                execution.release().await;
+                end_claim(execution, End::Release).await;
                 return Err(OnceError::TimedOut);
             }
             Guarded::Panicked(panic) => {
-                execution.release().await;
+                end_claim(execution, End::Release).await;
                 std::panic::resume_unwind(panic);
             }
         };
-        // A result that cannot be serialised is still the result of work that ran: keep a
-        // record anyway, so that the key is never run again (its replays get
-        // `Unreadable`), and hand the value to this caller.
-        let body = serde_json::to_vec(&value).unwrap_or_else(|err| {
-            tracing::error!(target: TARGET, key = short(&execution.key), error = %err, "the result cannot be serialised; retries will get `Unreadable`");
-            Vec::new()
-        });
+        let body = record_of(&value, &execution.key);
         let stored = StoredResponse::new(StatusCode::OK, HeaderMap::new(), body.into());
-        execution.complete(&stored).await;
+        end_claim(execution, End::Complete(stored)).await;
         Ok(Outcome::Ran(value))
+    }
+}
+
+/// The stored form of a result: its JSON. A result that cannot be serialised (or whose
+/// `Serialize` panics) is still the result of work that ran: it is kept as an empty
+/// record anyway, so that the key is never run again (its replays get `Unreadable`),
+/// and the value goes to this caller. One that serialises but does not read back gets
+/// `Unreadable` on replay too; both are logged now, when the work ran, rather than
+/// found at the first redelivery.
+fn record_of<T: Serialize + DeserializeOwned>(value: &T, key: &str) -> Vec<u8> {
+    let serialised =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serde_json::to_vec(value)));
+    let problem = match serialised {
+        Ok(Ok(body)) => {
+            if let Err(err) = serde_json::from_slice::<T>(&body) {
+                tracing::error!(target: TARGET, key = short(key), error = %err, "the result does not read back as its type; redeliveries will get `Unreadable`");
+            }
+            return body;
+        }
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => "its `Serialize` panicked".to_owned(),
+    };
+    tracing::error!(target: TARGET, key = short(key), error = %problem, "the result cannot be serialised; redeliveries will get `Unreadable`");
+    Vec::new()
+}
+
+/// How a claim ends.
+enum End {
+    /// The work failed: the key is released, so that a redelivery runs it again.
+    Release,
+    /// The work ran: its result is recorded.
+    Complete(StoredResponse),
+}
+
+/// Ends the claim of `execution`, to the end even if the caller stops waiting: once the
+/// work has run, a caller dropped (a `select!` on shutdown, a `timeout` around `run`)
+/// must not cancel its record, or a redelivery would run the work again. In a task of
+/// its own, counted as work under way for [`Idempotency::drain`].
+async fn end_claim(execution: Execution, end: End) {
+    let working = execution.idempotency.working();
+    let end = async move {
+        let _working = working;
+        match end {
+            End::Release => execution.release().await,
+            End::Complete(stored) => execution.complete(&stored).await,
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        // A panic in the store's own code ends that task, and only it.
+        Ok(runtime) => {
+            let _ = runtime
+                .spawn(tracing::Instrument::in_current_span(end))
+                .await;
+        }
+        Err(_) => end.await,
     }
 }

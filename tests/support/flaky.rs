@@ -24,6 +24,9 @@ pub enum Fault {
     FailedRenewals(u32),
     /// Every renewal answers that the lease is lost, as after a takeover.
     LostLease,
+    /// The first completion takes effect only after this delay, and not at all if its
+    /// caller stops waiting before.
+    SlowComplete(Duration),
     /// The first completion panics, as a store of one's own with a bug might.
     PanickingComplete,
     /// The first completion takes effect but answers only after its TTL has run out and
@@ -124,6 +127,11 @@ impl Store for Flaky {
             && self.strikes(self.fault)
         {
             return Err(StoreError::new("connection reset"));
+        }
+        if let Fault::SlowComplete(delay) = self.fault
+            && self.strikes(self.fault)
+        {
+            tokio::time::sleep(delay).await;
         }
         if self.strikes(Fault::PanickingComplete) {
             panic!("a bug in the store's completion");
