@@ -187,6 +187,23 @@ async fn a_json_field_is_the_key_for_webhook_redeliveries() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
+/// A JSON string is the key as it is: quotes in it are its own characters, not a
+/// header's quoted-string syntax.
+#[tokio::test]
+async fn a_json_string_key_is_taken_as_it_is() {
+    let (app, runs) = app();
+    for (id, run) in [(r#""\"evt_q\"""#, 1), (r#""evt_q""#, 2), (r#""\"x""#, 3)] {
+        let event = format!(r#"{{"event":{{"id":{id}}}}}"#);
+        let (status, replayed, body) = send(&app, "/json", &[JSON], &event).await;
+        assert_eq!(
+            (status, replayed, body),
+            (StatusCode::OK, false, format!("run {run}")),
+            "{event}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn a_json_key_with_the_body_taken_as_bytes() {
     let (app, runs) = app();

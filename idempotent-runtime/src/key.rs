@@ -123,18 +123,7 @@ pub(crate) fn parse_key_in_place(raw: &[u8]) -> Result<Cow<'_, str>, KeyError> {
         Some(b'"') => Cow::Owned(unquote(raw)?),
         _ => Cow::Borrowed(raw),
     };
-    if unquoted.is_empty() {
-        return Err(KeyError::Empty);
-    }
-    if unquoted.len() > MAX_KEY_LEN {
-        return Err(KeyError::TooLong(unquoted.len()));
-    }
-    if let Some(position) = unquoted.iter().position(|b| !b.is_ascii_graphic()) {
-        return Err(KeyError::InvalidByte {
-            byte: unquoted[position],
-            position,
-        });
-    }
+    validate(&unquoted)?;
     // Visible ASCII is valid UTF-8.
     match unquoted {
         Cow::Borrowed(bytes) => std::str::from_utf8(bytes).map(Cow::Borrowed),
@@ -143,6 +132,24 @@ pub(crate) fn parse_key_in_place(raw: &[u8]) -> Result<Cow<'_, str>, KeyError> {
             .map_err(|e| e.utf8_error()),
     }
     .map_err(|_| KeyError::MalformedQuoted)
+}
+
+/// Checks a key as it is, unquoted already (or never quoted: one read from a JSON field
+/// is a string, whose quotes are its own characters): 1 to 255 bytes of visible ASCII.
+pub(crate) fn validate(key: &[u8]) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong(key.len()));
+    }
+    if let Some(position) = key.iter().position(|b| !b.is_ascii_graphic()) {
+        return Err(KeyError::InvalidByte {
+            byte: key[position],
+            position,
+        });
+    }
+    Ok(())
 }
 
 /// Reads the key from header `name`: `Ok(None)` when absent.

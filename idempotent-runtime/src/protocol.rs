@@ -491,20 +491,21 @@ fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, P
             "the idempotency key is read from `{pointer}` of a JSON body, but the body is not JSON"
         ))
     })?;
-    let checked = |key: &str| {
-        key::parse_key(key.as_bytes())
-            .map(Some)
-            .map_err(|err| key_problem(&err, KeySource::Json(pointer)))
+    // Taken as it is: a JSON string is not a header's quoted string, and its quotes, if
+    // it has any, are part of the key.
+    let checked = |key: String| match key::validate(key.as_bytes()) {
+        Ok(()) => Ok(Some(key)),
+        Err(err) => Err(key_problem(&err, KeySource::Json(pointer))),
     };
     match value.pointer(pointer) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => checked(s),
+        Some(serde_json::Value::String(s)) => checked(s.clone()),
         // Only an integer is kept exactly: `100000000000000000001` and `...002` would both
         // be read as the float 1e20, two events sharing one key. (With serde_json's
         // `arbitrary_precision`, which any crate in the build can turn on, such numbers
         // would keep their digits; refused all the same, so that a key does not depend on
         // the build.)
-        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => checked(&n.to_string()),
+        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => checked(n.to_string()),
         Some(serde_json::Value::Number(_)) => Err(invalid(format!(
             "the body field at `{pointer}` is a number that is not a 64-bit integer, which is not kept exactly; send the idempotency key as a string"
         ))),
