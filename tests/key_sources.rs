@@ -153,6 +153,9 @@ async fn a_query_parameter_is_the_key() {
     );
     let (status, _, _) = send(&app, "/query?idempotency_key=a&idempotency_key=b", &[], "a").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "two keys");
+    let (status, _, body) = send(&app, "/query?idempotency_key=a+b", &[], "a").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a `+` is a space");
+    assert!(body.contains("`%2B`"), "{body}");
     let (status, replayed, _) = send(&app, "/query", &[], "a").await;
     assert_eq!(
         (status, replayed),

@@ -24,7 +24,9 @@
 //!
 //! The stored key is a SHA-256 over (method, request path, scope, key), so the same key
 //! sent to two endpoints, or by two tenants when the endpoint sets a `scope`, never
-//! collides, and the raw key never reaches the store or the logs.
+//! collides, and the raw key never reaches the store or this crate's logs. (A key read
+//! from the query string, `key = query(..)`, is in the request line, which access logs
+//! and proxies record: prefer a header where the client allows it.)
 
 use std::borrow::Cow;
 use std::fmt;

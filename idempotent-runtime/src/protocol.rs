@@ -474,7 +474,14 @@ fn key_problem(err: &KeyError, source: KeySource) -> Problem {
         KeyError::Multiple => ProblemKind::MultipleKeys,
         _ => ProblemKind::InvalidKey,
     };
-    Problem::new(kind, format!("{err} (read from {source})"))
+    // A base64 key sent unencoded in a query string: its `+` reads as a space.
+    let hint = match (err, source) {
+        (KeyError::InvalidByte { byte: b' ', .. }, KeySource::Query(_)) => {
+            "; a `+` in a query string means a space: send it as `%2B`"
+        }
+        _ => "",
+    };
+    Problem::new(kind, format!("{err} (read from {source}){hint}"))
 }
 
 fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, Problem> {
