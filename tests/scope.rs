@@ -153,6 +153,27 @@ async fn header_scope_gives_each_tenant_its_own_execution_and_replay() {
     assert_eq!(runs.0.load(Ordering::SeqCst), 2);
 }
 
+/// Callers without the scope header would otherwise share one scope, and one could be
+/// answered another's response: a keyed request without it is refused, one without a
+/// key goes through as any unkeyed request does.
+#[tokio::test]
+async fn a_keyed_request_without_the_scope_header_is_refused() {
+    let (app, runs) = app();
+    let first = send(&app, "POST", "/by-header", &[]).await;
+    let second = send(&app, "POST", "/by-header", &[]).await;
+    for answer in [&first, &second] {
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
+        assert!(answer.body.contains("#missing-scope"), "{answer:?}");
+        assert!(answer.body.contains("`authorization` header"), "{answer:?}");
+    }
+    assert_eq!(runs.0.load(Ordering::SeqCst), 0, "the handler must not run");
+
+    let unkeyed = Request::post("/by-header").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(unkeyed).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn extractor_scope_gives_each_tenant_its_own_execution_and_replay() {
     let (app, runs) = app();

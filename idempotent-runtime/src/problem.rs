@@ -15,6 +15,7 @@
 //! | `#invalid-key` | 400 | the key is empty, longer than 255 bytes, not visible ASCII, or a malformed quoted string |
 //! | `#multiple-keys` | 400 | more than one key header |
 //! | `#missing-key` | 400 | the endpoint is `required` and the request has no key |
+//! | `#missing-scope` | 400 | the endpoint's key is scoped by a header the keyed request lacks |
 //! | `#body-unreadable` | 400 | the request body could not be read |
 //! | `#request-in-flight` | 409 | another request with this key holds a live lease (`Retry-After: 1`) |
 //! | `#body-too-large` | 413 | the request body is larger than the limit |
@@ -41,6 +42,12 @@
 //!
 //! `400`. The endpoint is `required` and the request had no key. Send one, generated once
 //! per operation and reused on every retry of it.
+//!
+//! # missing-scope
+//!
+//! `400`. The endpoint keeps keys apart by a request header (`scope = header(..)`), and
+//! the request had a key but not that header. Send the header with every keyed request;
+//! the request was not processed.
 //!
 //! # body-unreadable
 //!
@@ -118,6 +125,8 @@ pub enum ProblemKind {
     MultipleKeys,
     /// The endpoint requires a key and the request has none (400).
     MissingKey,
+    /// The endpoint scopes keys by a header the keyed request lacks (400).
+    MissingScope,
     /// The request body could not be read (400).
     BodyUnreadable,
     /// Another request with the same key holds a live lease (409).
@@ -142,7 +151,11 @@ impl ProblemKind {
     /// The HTTP status of this problem.
     pub const fn status(self) -> u16 {
         match self {
-            Self::InvalidKey | Self::MultipleKeys | Self::MissingKey | Self::BodyUnreadable => 400,
+            Self::InvalidKey
+            | Self::MultipleKeys
+            | Self::MissingKey
+            | Self::MissingScope
+            | Self::BodyUnreadable => 400,
             Self::InFlight | Self::ResponseNotReplayable => 409,
             Self::BodyTooLarge => 413,
             Self::KeyReused => 422,
@@ -157,6 +170,7 @@ impl ProblemKind {
             Self::InvalidKey => "invalid-key",
             Self::MultipleKeys => "multiple-keys",
             Self::MissingKey => "missing-key",
+            Self::MissingScope => "missing-scope",
             Self::BodyUnreadable => "body-unreadable",
             Self::InFlight => "request-in-flight",
             Self::BodyTooLarge => "body-too-large",
@@ -180,6 +194,7 @@ impl ProblemKind {
             Self::InvalidKey => "The idempotency key is invalid",
             Self::MultipleKeys => "More than one idempotency key was sent",
             Self::MissingKey => "This endpoint requires an idempotency key",
+            Self::MissingScope => "The header that scopes the idempotency key is missing",
             Self::BodyUnreadable => "The request body could not be read",
             Self::InFlight => "A request with this idempotency key is still being processed",
             Self::BodyTooLarge => "The request body is too large",

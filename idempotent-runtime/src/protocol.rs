@@ -421,7 +421,9 @@ pub(crate) async fn prepare(
 
     let scope = match endpoint.scope {
         ScopeSource::None => None,
-        ScopeSource::Header(name) => Some(hash_header(&parts, name)),
+        ScopeSource::Header(name) => {
+            Some(hash_header(&parts, name).ok_or_else(|| missing_scope(name))?)
+        }
         ScopeSource::Extractor => scope,
     };
     let key = key::namespace(
@@ -522,13 +524,29 @@ fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, P
     }
 }
 
-fn hash_header(parts: &Parts, name: &str) -> String {
+/// The scope from header `name`: the hash of its values, or `None` without any.
+fn hash_header(parts: &Parts, name: &str) -> Option<String> {
+    let mut values = parts.headers.get_all(name).iter().peekable();
+    values.peek()?;
     let mut hasher = Sha256::new();
-    for value in parts.headers.get_all(name) {
+    for value in values {
         hasher.update((value.len() as u64).to_be_bytes());
         hasher.update(value.as_bytes());
     }
-    Fingerprint::from_bytes(hasher.finalize().into()).to_string()
+    Some(Fingerprint::from_bytes(hasher.finalize().into()).to_string())
+}
+
+/// A keyed request without the header that scopes its key. Letting it through with an
+/// empty scope would put every such caller in one scope, where they could be answered
+/// each other's responses.
+fn missing_scope(name: &str) -> Problem {
+    tracing::info!(target: TARGET, header = name, "request rejected: no scope header");
+    Problem::new(
+        ProblemKind::MissingScope,
+        format!(
+            "this endpoint keeps idempotency keys apart by the `{name}` header, and the request has none; send it with every request that has an idempotency key"
+        ),
+    )
 }
 
 async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Problem> {

@@ -10,6 +10,9 @@
 //!   header itself identifies the caller (an API key, a tenant id set by a trusted
 //!   gateway). A bearer token that is refreshed gives a new scope: a retry sent with the
 //!   new token after a lost response runs the handler again. Use an extractor for those.
+//!   A keyed request without the header gets `400`
+//!   ([`#missing-scope`](crate::problem#missing-scope)) rather than a scope shared with
+//!   every other caller that lacks it.
 //! - `scope = AuthUser`: an extractor of your own, the one your handlers already use to
 //!   authenticate, implementing [`Scope`]. Right when the identity comes from a session,
 //!   a verified JWT or a database lookup.
