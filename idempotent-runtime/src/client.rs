@@ -82,13 +82,21 @@ impl IdempotencyKey {
         Self(key.into())
     }
 
-    /// 128 random bits as 32 hex characters.
+    /// 128 bits from the operating system's random source, as 32 hex characters: a key
+    /// nobody else can guess, so another client cannot be replayed this request's
+    /// response by sending the same body under it (on an endpoint without a `scope`).
+    ///
+    /// Should the random source fail, which it does not on the platforms Rust supports
+    /// short of a misconfigured sandbox, the key is drawn from std's per-process random
+    /// hash keys, a counter and the clock instead: still unique, and logged at `WARN`.
     pub fn random() -> Self {
-        Self(format!(
-            "{:016x}{:016x}",
-            FencingToken::random().0,
-            FencingToken::random().0
-        ))
+        let mut bits = [0u8; 16];
+        if let Err(err) = getrandom::fill(&mut bits) {
+            tracing::warn!(target: crate::protocol::TARGET, error = %err, "the operating system's random source failed; the idempotency key is drawn from std's random hash keys instead");
+            bits[..8].copy_from_slice(&FencingToken::random().0.to_be_bytes());
+            bits[8..].copy_from_slice(&FencingToken::random().0.to_be_bytes());
+        }
+        Self(format!("{:032x}", u128::from_be_bytes(bits)))
     }
 
     /// The key.
