@@ -18,7 +18,7 @@
 //!
 //! The checks that involve expiry use real time (stores keep time on their server):
 //! leases and TTLs of a few hundred milliseconds to two seconds with generous margins,
-//! about seven seconds for the whole kit.
+//! about eight seconds for the whole kit.
 //!
 //! A failed check panics with a message naming the check and the rule it broke.
 
@@ -378,7 +378,7 @@ pub async fn longest_lease_is_held<S: Store>(store: &S, key: &str) {
         ok(store.release(key, token).await, "release").await,
         "the owner's release must succeed"
     );
-    let again = acquire(store, key, fp("a"), SHORT).await;
+    let again = acquire(store, key, fp("a"), LONG).await;
     assert!(ok(store.release(key, again).await, "release").await);
 }
 
@@ -469,7 +469,7 @@ pub async fn ttl_expires_the_record<S: Store>(store: &S, key: &str) {
 /// after the lease still gets the replay (or, with another fingerprint, the mismatch),
 /// never a new claim that would run the handler again.
 pub async fn completion_outlives_the_lease<S: Store>(store: &S, key: &str) {
-    let token = acquire(store, key, fp("a"), SHORT).await;
+    let token = acquire(store, key, fp("a"), MEDIUM).await;
     assert!(
         ok(
             store.complete(key, token, &sample_response(), LONG).await,
@@ -477,7 +477,7 @@ pub async fn completion_outlives_the_lease<S: Store>(store: &S, key: &str) {
         )
         .await
     );
-    tokio::time::sleep(PAST_SHORT).await;
+    tokio::time::sleep(PAST_MEDIUM).await;
     for (body, what) in [("a", "a retry"), ("b", "a reuse with another body")] {
         match ok(
             store.claim(key, fp(body), SHORT).await,
