@@ -86,7 +86,7 @@ async fn a_caller_that_stops_waiting_after_the_work_loses_no_record() {
     let idempotency = Idempotency::new(Flaky::new(Fault::SlowComplete(Duration::from_millis(300))));
     let refunds = idempotency
         .once("refunds")
-        .with_lease(Duration::from_secs(1));
+        .with_lease(Duration::from_secs(10));
     let runs = AtomicUsize::new(0);
     let given_up = tokio::time::timeout(
         Duration::from_millis(100),
@@ -95,8 +95,8 @@ async fn a_caller_that_stops_waiting_after_the_work_loses_no_record() {
     .await;
     assert!(given_up.is_err(), "the caller stopped waiting");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran before that");
-    // Until the record lands the key is in flight; past the lease, a lost record would
-    // let the redelivery run the work again.
+    // Until the record lands the key is in flight; a lost record would keep it so for
+    // the whole lease, then let a redelivery run the work again.
     replayed_within(&refunds, &runs, Duration::from_secs(3)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{FromRef, State};
@@ -129,6 +129,7 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
     let schema = TestSchema::new();
     let forwarder = Forwarder::to_database().await;
     let store = store_behind(&forwarder, &schema).await;
+    let pool = store.pool().clone();
     let (app, runs) = app(Idempotency::new(store).with_store_timeout(Duration::from_secs(1)));
     let order = r#"{"item":"widget","qty":1}"#;
 
@@ -166,8 +167,14 @@ async fn database_outage_fails_closed_and_the_app_recovers() {
         "no handler runs without the store"
     );
 
-    // Same port, same app, same pool: no restart.
+    // Same port, same app, same pool: no restart. The pool has found its way back (a
+    // new connection on a busy machine can take longer than one claim may wait for it).
     forwarder.restore().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+        assert!(Instant::now() < deadline, "the pool did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let recovered = send(&app, "during-1", order).await;
     assert_eq!(
         recovered.status(),

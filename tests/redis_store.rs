@@ -124,14 +124,17 @@ async fn a_claim_that_got_no_answer_does_not_hold_the_key() {
     let store = RedisStore::connect(server.url()).await.unwrap();
     let fingerprint = Fingerprint::of_bytes(b"order");
     let lease = Duration::from_secs(60);
+    // Paused until the claim has failed, however slow the machine: the claim, and the
+    // release the store sends after it, then run in the order they were sent, before
+    // any later command on that connection.
     server
-        .cli(&["CLIENT", "PAUSE", "1500", "WRITE"])
+        .cli(&["CLIENT", "PAUSE", "60000", "WRITE"])
         .expect("pause");
     assert!(
         store.claim("k", fingerprint, lease).await.is_err(),
         "no answer within the response timeout"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.cli(&["CLIENT", "UNPAUSE"]).expect("unpause");
     assert!(
         matches!(
             store.claim("k", fingerprint, lease).await.unwrap(),

@@ -119,10 +119,12 @@ async fn replays_come_from_redis_and_postgres_carries_on_without_it() {
     other.body = json!({"item": "gadget", "qty": 2});
     let mismatch = send(&client, a, &other).await;
     assert_eq!(mismatch.status, 422, "{mismatch:?}");
-    // A request in flight on one replica is still a conflict on the other.
+    // A request in flight on one replica is still a conflict on the other. Its handler
+    // outlasts, with room to spare, the other replica's claim, which first waits out its
+    // fast-store timeout against the dead Redis.
     let slow = {
         let client = client.clone();
-        tokio::spawn(async move { send(&client, a, &Order::new("third").sleeping(1_500)).await })
+        tokio::spawn(async move { send(&client, a, &Order::new("third").sleeping(5_000)).await })
     };
     let started = async {
         while replicas.runs().get() < 3 {

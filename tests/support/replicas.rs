@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use idempotent_runtime::{Idempotency, Store, idempotent};
+use idempotent_runtime::{Idempotency, Record, Store, idempotent, key};
 use serde_json::{Value, json};
 
 /// The header that makes the handler sleep, in milliseconds.
@@ -397,7 +397,8 @@ where
 /// answers 409 while the lease lasts, and runs the request itself once it has lapsed,
 /// never before.
 ///
-/// `store` is called once in the test's runtime and once in the dying replica's own.
+/// `store` is called in the test's runtime, for the survivor and to read the lease, and
+/// once in the dying replica's own.
 pub async fn dead_replicas_request_is_taken_over_after_its_lease<S, F, Fut>(store: F)
 where
     S: Store,
@@ -409,6 +410,8 @@ where
     let survivor_addr = survivor.addrs()[0];
     // Both count into one tally.
     let runs = survivor.runs().clone();
+    // Reads the lease the dying replica holds.
+    let probe = store().await;
     let mut dying = KillableReplica::start(&runs, store, |i| i.with_lease(LEASE));
     let client = Client::new();
     let order = Order::new("order-1");
@@ -443,7 +446,16 @@ where
         "a live owner keeps the key: {answer:?}"
     );
 
-    let killed = Instant::now();
+    // The lease as the store holds it just before the owner dies: it lapses no sooner
+    // than `left` after `asked`, whenever the last renewal came.
+    let stored_key = key::namespace("POST", "/orders", None, &order.key);
+    let asked = Instant::now();
+    let left = match probe.lookup(&stored_key).await {
+        Ok(Some(Record::InFlight {
+            lease_remaining, ..
+        })) => lease_remaining,
+        other => panic!("the slow request's claim must be in flight: {other:?}"),
+    };
     dying.kill();
     assert!(
         matches!(slow.await, Ok(Err(_))),
@@ -461,23 +473,15 @@ where
             "until the lease lapses: 409, got {answer:?}"
         );
         conflicts += 1;
-        assert!(
-            killed.elapsed() < LEASE * 10,
-            "the key was never taken over"
-        );
+        assert!(asked.elapsed() < LEASE * 10, "the key was never taken over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let waited = killed.elapsed();
+    // Answered after the takeover, which came after the lease lapsed. (A millisecond for
+    // the store's rounding of the time left.)
+    let waited = asked.elapsed();
     assert!(
-        conflicts > 0,
-        "a 409 must come first, while the lease lasts"
-    );
-    // The last renewal was at most a third of the lease (plus a round trip) before the
-    // kill, so the lease ran at least two thirds of it past the kill; a third, even if
-    // that renewal came a whole period late on a busy machine.
-    assert!(
-        waited >= LEASE / 3,
-        "taken over {waited:?} after the owner died, before its lease of {LEASE:?} lapsed"
+        waited + Duration::from_millis(1) >= left,
+        "taken over {waited:?} after the owner's lease had {left:?} left, after {conflicts} conflicts"
     );
     assert!(!taken_over.replayed, "the survivor ran the request itself");
     assert_eq!(runs.get(), 2, "the dead replica's run and the survivor's");
