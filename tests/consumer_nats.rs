@@ -42,18 +42,20 @@ struct Billing {
 /// One consumer replica: pulls, charges at most once per event, acknowledges. Returns
 /// how many deliveries it took.
 async fn consume(consumer: PullConsumer, idempotency: Idempotency, billing: Arc<Billing>) -> usize {
-    // One delivery at a time, so that a replica does not take the whole stream in one
-    // pull and leave the other idle.
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .messages()
-        .await
-        .expect("a message stream");
     let mut taken = 0;
     while billing.acked.load(Ordering::SeqCst) < EVENTS * COPIES {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-        else {
+        // One delivery at a time, so that a replica does not take the whole stream in
+        // one pull and leave the other idle; each pull waits a second at most, so that
+        // none is left waiting on the server for long (a long-lived pull stream was seen
+        // to stall on a busy machine until its pull request expired).
+        let mut pulled = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .expect("a pull request");
+        let Some(message) = pulled.next().await else {
             continue;
         };
         let message = message.expect("a delivery");
