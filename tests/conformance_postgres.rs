@@ -11,6 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idempotent_runtime::store::postgres::STOP_GRACE;
 use idempotent_runtime::testkit::{concurrent_claims_have_one_winner, run_all, sample_response};
 use idempotent_runtime::{Claim, Fingerprint, PostgresStore, Record, Store};
 use support::postgres::{TestSchema, connect_options, fresh_store, lock_rows, pool, row_count};
@@ -458,10 +459,11 @@ async fn background_cleanup_removes_expired_rows_until_stopped() {
     assert_eq!(cleanup.stop().await, 12, "the task reports what it removed");
     assert_live(&store, &live).await;
 
-    // Dropping the handle stops the task too: rows that expire afterwards stay.
+    // Dropping the handle stops the task too: rows that expire afterwards stay. (A
+    // purge the task had begun gets its grace first.)
     let cleanup = store.spawn_cleanup(Duration::from_millis(10), 5).unwrap();
     drop(cleanup);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(STOP_GRACE + Duration::from_millis(100)).await;
     fill(&store, 3, 0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(row_count(&store).await, 7, "a dropped cleanup must not run");
@@ -513,7 +515,8 @@ async fn stopping_the_cleanup_counts_the_statement_under_way() {
     let (store, _schema) = fresh_store().await;
     let (cleanup, lock) = cleanup_stuck_on_a_table_lock(&store).await;
     let stopping = tokio::spawn(cleanup.stop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough for `stop` to begin, short beside its grace.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     lock.rollback().await.expect("rollback");
     let removed = stopping.await.expect("stop()");
     assert_eq!(removed, 2, "the statement finished within the grace");
