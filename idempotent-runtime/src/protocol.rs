@@ -495,7 +495,7 @@ fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, P
         tracing::info!(target: TARGET, error = %detail, "request rejected: invalid idempotency key");
         Problem::new(ProblemKind::InvalidKey, detail)
     };
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         invalid(format!(
             "the idempotency key is read from `{pointer}` of a JSON body, but the body is not JSON"
         ))
@@ -506,9 +506,9 @@ fn key_from_json(body: &[u8], pointer: &'static str) -> Result<Option<String>, P
         Ok(()) => Ok(Some(key)),
         Err(err) => Err(key_problem(&err, KeySource::Json(pointer))),
     };
-    match value.pointer(pointer) {
+    match value.pointer_mut(pointer).map(serde_json::Value::take) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => checked(s.clone()),
+        Some(serde_json::Value::String(s)) => checked(s),
         // Only an integer is kept exactly: `100000000000000000001` and `...002` would both
         // be read as the float 1e20, two events sharing one key. (With serde_json's
         // `arbitrary_precision`, which any crate in the build can turn on, such numbers
