@@ -226,7 +226,8 @@ impl Idempotency {
     }
 
     /// Which of a handler's headers are stored and replayed: all of them by default
-    /// (never `Set-Cookie` or hop-by-hop headers, always `Content-Type` and `Content-Encoding`).
+    /// (never `Set-Cookie` or hop-by-hop headers, always `Content-Type`, `Content-Encoding`
+    /// and `Content-Range`).
     ///
     /// ```
     /// use http::HeaderName;

@@ -2,7 +2,8 @@
 //!
 //! A stored response keeps the status (a `201` stays a `201`), the headers and the body
 //! byte for byte. Headers that describe one connection or one caller are never stored:
-//! the hop-by-hop headers of RFC 9110 (`Connection`, `Keep-Alive`, `Proxy-*`, `TE`,
+//! the hop-by-hop headers of RFC 9110 (`Connection` and every header it names,
+//! `Keep-Alive`, `Proxy-Authenticate`, `Proxy-Authorization`, `Proxy-Connection`, `TE`,
 //! `Trailer`, `Transfer-Encoding`, `Upgrade`), `Content-Length` (recomputed on replay) and
 //! `Set-Cookie` (a session cookie must not reach whoever retries). Repeated headers and
 //! non-UTF-8 values are kept as they are. A replay carries `Idempotent-Replayed: true`.
@@ -28,11 +29,12 @@ const REPLAYED: HeaderName = HeaderName::from_static(REPLAYED_HEADER);
 
 /// A `static`, not a `const`: a `const` array of header names is built and dropped
 /// again at every use.
-static NEVER_STORED: [HeaderName; 10] = [
+static NEVER_STORED: [HeaderName; 11] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -42,13 +44,18 @@ static NEVER_STORED: [HeaderName; 10] = [
 ];
 
 /// What tells a client how to read the body: always stored, whatever the choice.
-static ALWAYS_STORED: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_ENCODING];
+static ALWAYS_STORED: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+];
 
 /// Which of a handler's headers are stored and replayed.
 ///
-/// Whatever the choice, the hop-by-hop headers, `Content-Length` and `Set-Cookie` are
-/// never stored, and `Content-Type` and `Content-Encoding` always are: a replay without
-/// them would hand the client the same bytes to read as something else (gzip as text).
+/// Whatever the choice, the hop-by-hop headers (with those a `Connection` header names),
+/// `Content-Length` and `Set-Cookie` are never stored, and `Content-Type`,
+/// `Content-Encoding` and `Content-Range` always are: a replay without them would hand
+/// the client the same bytes to read as something else (gzip as text, a part as the whole).
 /// Set it app-wide with [`Idempotency::with_stored_headers`](crate::Idempotency::with_stored_headers).
 ///
 /// ```
@@ -73,14 +80,15 @@ pub enum StoredHeaders {
     /// Every header but the never-stored ones. The default.
     #[default]
     All,
-    /// Only these (and `Content-Type`, `Content-Encoding`).
+    /// Only these (and `Content-Type`, `Content-Encoding`, `Content-Range`).
     Only(Vec<HeaderName>),
     /// Every header but these (and the never-stored ones).
     Except(Vec<HeaderName>),
 }
 
 impl StoredHeaders {
-    /// Stores only the named headers, and `Content-Type` and `Content-Encoding`.
+    /// Stores only the named headers, and `Content-Type`, `Content-Encoding` and
+    /// `Content-Range`.
     pub fn only(names: impl IntoIterator<Item = HeaderName>) -> Self {
         Self::Only(names.into_iter().collect())
     }
@@ -90,7 +98,8 @@ impl StoredHeaders {
         Self::Except(names.into_iter().collect())
     }
 
-    /// Whether a header called `name` is stored.
+    /// Whether a header called `name` is stored (unless the response's `Connection`
+    /// header names it).
     pub fn keeps(&self, name: &HeaderName) -> bool {
         if NEVER_STORED.contains(name) {
             return false;
@@ -104,9 +113,21 @@ impl StoredHeaders {
     }
 
     fn filter(&self, headers: &HeaderMap) -> Arc<[Header]> {
+        // RFC 9110 7.6.1: the headers a `Connection` header names belong to that
+        // connection alone.
+        let connection = headers.get_all(header::CONNECTION);
+        let per_connection = |name: &HeaderName| {
+            connection.iter().any(|value| {
+                value.as_bytes().split(|&b| b == b',').any(|option| {
+                    option
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
+            })
+        };
         headers
             .iter()
-            .filter(|(name, _)| self.keeps(name))
+            .filter(|(name, _)| self.keeps(name) && !per_connection(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect::<Vec<_>>()
             .into()
@@ -402,14 +423,15 @@ pub(crate) async fn capture(
     limit: usize,
     stored_headers: &StoredHeaders,
 ) -> Captured {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
             Err(err) => return Captured::Failed(err),
         };
-        // Trailers are not kept: they are rare in responses and not replayable by most clients.
+        // Trailers are not kept, nor sent with the first response: they are rare in
+        // responses, and a replay could not give them back.
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -423,6 +445,9 @@ pub(crate) async fn capture(
         }
     }
     let body = chunks.into_bytes();
+    // The first response is sent from the buffered bytes, without trailers: it must not
+    // announce any.
+    parts.headers.remove(header::TRAILER);
     let stored = StoredResponse::kept(
         parts.status,
         stored_headers.filter(&parts.headers),
@@ -487,6 +512,33 @@ mod tests {
         let back = StoredResponse::from_bytes(&stored.to_bytes()).unwrap();
         assert_eq!(back, stored);
         assert_eq!(back.headers()[2].1.as_bytes(), &[0xff, 0x80]);
+    }
+
+    #[test]
+    fn headers_a_connection_header_names_are_not_stored() {
+        let mut headers = HeaderMap::new();
+        headers.append("connection", "keep-alive, X-Hop".parse().unwrap());
+        headers.append("connection", "x-other ,upgrade".parse().unwrap());
+        headers.insert("x-hop", "1".parse().unwrap());
+        headers.insert("x-other", "2".parse().unwrap());
+        headers.insert("x-hopper", "3".parse().unwrap());
+        headers.insert("proxy-connection", "keep-alive".parse().unwrap());
+        headers.insert("etag", "\"v1\"".parse().unwrap());
+        let stored = StoredResponse::new(StatusCode::OK, headers, Bytes::new());
+        let names: Vec<&str> = stored.headers().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-hopper", "etag"]);
+    }
+
+    #[test]
+    fn a_partial_response_keeps_its_range_whatever_the_choice() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-range", "bytes 0-1/10".parse().unwrap());
+        headers.insert("etag", "\"v1\"".parse().unwrap());
+        let only = StoredHeaders::only([header::LOCATION]).filter(&headers);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].0, header::CONTENT_RANGE);
+        let except = StoredHeaders::except([header::CONTENT_RANGE]).filter(&headers);
+        assert_eq!(except.len(), 2, "always kept");
     }
 
     #[test]
@@ -603,5 +655,29 @@ mod tests {
             }
             _ => panic!("expected TooLarge"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_first_response_does_not_announce_trailers_it_goes_without() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"part"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let mut response = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+        response
+            .headers_mut()
+            .insert(header::TRAILER, "x-checksum".parse().unwrap());
+        let Captured::Complete(stored, response) =
+            capture(response, 100, &StoredHeaders::All).await
+        else {
+            panic!("expected Complete");
+        };
+        assert!(stored.headers().is_empty());
+        assert!(!response.headers().contains_key(header::TRAILER));
+        let body = response.into_body().collect().await.unwrap();
+        assert!(body.trailers().is_none());
+        assert_eq!(body.to_bytes(), "part");
     }
 }
