@@ -138,6 +138,19 @@ async fn body_panics_once(State(runs): State<Runs>) -> Body {
     Body::from_stream(chunks)
 }
 
+/// Its body returns an error after its first chunk, on the first run only.
+#[idempotent]
+async fn body_fails_once(State(runs): State<Runs>) -> Body {
+    let first_run = runs.bump() == 1;
+    let chunks = futures::stream::iter([1, 2]).map(move |n| {
+        if n == 2 && first_run {
+            return Err(std::io::Error::other("the export stream broke"));
+        }
+        Ok(Bytes::from(format!("part {n};")))
+    });
+    Body::from_stream(chunks)
+}
+
 /// Streams four chunks, 60 ms apart: 240 ms in all, longer than its 100 ms lease.
 #[idempotent(lease = "100ms")]
 async fn slow_body(State(runs): State<Runs>) -> Body {
@@ -167,6 +180,7 @@ fn app_with(idempotency: Idempotency) -> (Router, Runs) {
         .route("/slow", post(slow))
         .route("/streamed", post(streamed))
         .route("/body-panics", post(body_panics_once))
+        .route("/body-fails", post(body_fails_once))
         .route("/slow-body", post(slow_body))
         .with_state(state);
     (app, runs)
@@ -598,14 +612,14 @@ async fn store_2xx_4xx_keeps_client_errors_but_never_retry_later_answers() {
     assert_eq!(runs.get(), 2 + 7 * 2);
 }
 
-/// A panic while answering at `path` (a handler that panics on its first run only) gets
-/// `500` and releases the key: the retry runs the handler again and answers `body`, and
-/// the request after it is a replay.
-async fn a_panic_releases_the_key(path: &str, body: &[u8]) {
+/// A failure while answering at `path` (a handler that fails on its first run only) gets
+/// `500` with the `problem` type and releases the key: the retry runs the handler again
+/// and answers `body`, and the request after it is a replay.
+async fn a_failure_releases_the_key(path: &str, problem: &str, body: &[u8]) {
     let (app, runs) = app();
     let first = send(&app, post_with(path, "k", "")).await;
     assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(first.problem_type(), "handler-panicked");
+    assert_eq!(first.problem_type(), problem);
     let retry = send(&app, post_with(path, "k", "")).await;
     assert_eq!(
         retry.status,
@@ -622,12 +636,17 @@ async fn a_panic_releases_the_key(path: &str, body: &[u8]) {
 
 #[tokio::test]
 async fn a_panicking_handler_releases_its_key() {
-    a_panic_releases_the_key("/panic", b"paid").await;
+    a_failure_releases_the_key("/panic", "handler-panicked", b"paid").await;
 }
 
 #[tokio::test]
 async fn a_response_body_that_panics_releases_its_key() {
-    a_panic_releases_the_key("/body-panics", b"part 1;part 2;").await;
+    a_failure_releases_the_key("/body-panics", "handler-panicked", b"part 1;part 2;").await;
+}
+
+#[tokio::test]
+async fn a_response_body_that_fails_releases_its_key() {
+    a_failure_releases_the_key("/body-fails", "response-failed", b"part 1;part 2;").await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -22,6 +22,7 @@
 //! | `#key-reused` | 422 | the key was used with a different request (body or query string) |
 //! | `#handler-panicked` | 500 | the handler panicked; the key was released so a retry runs again |
 //! | `#handler-timed-out` | 500 | the handler ran past the app's execution limit; it was stopped and the key released |
+//! | `#response-failed` | 500 | the handler answered, but its response body failed while being produced; the key was released |
 //! | `#request-failed` | 500 | the request failed outside the handler (a store that panicked); the key may stay claimed until its lease lapses |
 //! | `#response-not-replayable` | 409 | the request was processed but its response was too large to keep |
 //! | `#store-unavailable` | 503 | the store could not be reached; the handler did not run |
@@ -83,6 +84,13 @@
 //! was stopped before answering. Its key was released: a retry with the same key runs
 //! it again.
 //!
+//! # response-failed
+//!
+//! `500`. The handler answered, but its response body returned an error before it was
+//! complete (a stream that broke), so there is no whole response to send or keep. Its
+//! key was released: a retry with the same key runs the handler again. A handler whose
+//! work has effects should do it before it answers, not while its body streams.
+//!
 //! # request-failed
 //!
 //! `500`. The request failed outside the handler, in the idempotency layer itself (a
@@ -139,6 +147,8 @@ pub enum ProblemKind {
     HandlerPanicked,
     /// The handler ran past the execution limit and was stopped (500).
     HandlerTimedOut,
+    /// The handler's response body failed while being produced (500).
+    ResponseFailed,
     /// The request failed outside the handler; the key may stay claimed (500).
     RequestFailed,
     /// The first response was too large to store, so it cannot be replayed (409).
@@ -159,7 +169,10 @@ impl ProblemKind {
             Self::InFlight | Self::ResponseNotReplayable => 409,
             Self::BodyTooLarge => 413,
             Self::KeyReused => 422,
-            Self::HandlerPanicked | Self::HandlerTimedOut | Self::RequestFailed => 500,
+            Self::HandlerPanicked
+            | Self::HandlerTimedOut
+            | Self::ResponseFailed
+            | Self::RequestFailed => 500,
             Self::StoreUnavailable => 503,
         }
     }
@@ -177,6 +190,7 @@ impl ProblemKind {
             Self::KeyReused => "key-reused",
             Self::HandlerPanicked => "handler-panicked",
             Self::HandlerTimedOut => "handler-timed-out",
+            Self::ResponseFailed => "response-failed",
             Self::RequestFailed => "request-failed",
             Self::ResponseNotReplayable => "response-not-replayable",
             Self::StoreUnavailable => "store-unavailable",
@@ -201,6 +215,7 @@ impl ProblemKind {
             Self::KeyReused => "The idempotency key was already used for a different request",
             Self::HandlerPanicked => "The request failed; it may be retried",
             Self::HandlerTimedOut => "The request took too long and was stopped; it may be retried",
+            Self::ResponseFailed => "The response failed while being produced; it may be retried",
             Self::RequestFailed => "The request failed outside its handler",
             Self::ResponseNotReplayable => {
                 "The request was processed but its response cannot be replayed"

@@ -792,8 +792,8 @@ impl Execution {
                 tracing::error!(target: TARGET, key = short(&self.key), error = %err, "response body failed; claim released");
                 self.release().await;
                 Problem::new(
-                    ProblemKind::HandlerPanicked,
-                    "the response body failed while being produced; the request can be retried",
+                    ProblemKind::ResponseFailed,
+                    "the response body failed while being produced; the idempotency key was released, so the request can be retried",
                 )
                 .into_response()
             }
