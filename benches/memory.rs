@@ -15,46 +15,21 @@
 //! Divide a time by `bare` to get the ratio. Run with
 //! `cargo bench --bench memory` (or `-- --quick` for a rough figure).
 
-use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
-use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore};
-use tower::ServiceExt;
 
-// The handler and router of the load test, so that both measure the same code.
-// `main` and the environment handling are not used here.
-#[allow(dead_code)]
-#[path = "../examples/bench_server.rs"]
-mod bench_server;
+mod common;
+use common::{bench_server, call, runtime};
 
 fn app(idempotent: bool) -> Router {
     bench_server::router(idempotent.then(|| Idempotency::new(MemoryStore::new())))
 }
 
-fn request(key: u64) -> Request<Body> {
-    Request::post("/orders")
-        .header("content-type", "application/json")
-        .header("idempotency-key", format!("bench-{key}"))
-        .body(Body::from(r#"{"item":"widget","qty":1}"#))
-        .unwrap()
-}
-
-async fn call(app: &Router, key: u64) {
-    let response = app.clone().oneshot(request(key)).await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    black_box(response.into_body().collect().await.unwrap().to_bytes());
-}
-
 fn memory(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let mut group = c.benchmark_group("memory");
 
     let bare = app(false);

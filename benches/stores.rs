@@ -24,39 +24,16 @@
 //! `cargo bench --features redis,postgres --bench stores` (or `-- --quick` for a rough
 //! figure, or `-- redis` for one group).
 
-use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
-use http_body_util::BodyExt;
 use idempotent_runtime::redis::{self, AsyncCommands};
 use idempotent_runtime::sqlx::{self, postgres::PgPoolOptions};
 use idempotent_runtime::{Idempotency, PostgresStore, RedisStore, Store};
 use tokio::runtime::Runtime;
-use tower::ServiceExt;
 
-// The handler and router of the load test, so that both measure the same code.
-// `main` and the environment handling are not used here.
-#[allow(dead_code)]
-#[path = "../examples/bench_server.rs"]
-mod bench_server;
-
-fn request(key: u64) -> Request<Body> {
-    Request::post("/orders")
-        .header("content-type", "application/json")
-        .header("idempotency-key", format!("bench-{key}"))
-        .body(Body::from(r#"{"item":"widget","qty":1}"#))
-        .unwrap()
-}
-
-async fn call(app: &Router, key: u64) {
-    let response = app.clone().oneshot(request(key)).await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    black_box(response.into_body().collect().await.unwrap().to_bytes());
-}
+mod common;
+use common::{bench_server, call, runtime};
 
 /// Measures `round_trip`, `bare`, `first_execution` and `replay` in group `name`, the
 /// last two on `store`.
@@ -92,13 +69,6 @@ fn measure<F: Future<Output = ()>>(
     });
 
     group.finish();
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn env_or(name: &str, default: &str) -> String {
