@@ -283,11 +283,16 @@ fn type_name(ty: &Type) -> Option<String> {
     }
 }
 
-/// The name of an extractor type, looking through `Option<_>` and `Result<_, _>`, which
-/// extract what they wrap (`Json` for `Option<Json<Event>>`).
+/// Extractors that extract what their first type argument does: `Option<_>` and
+/// `Result<_, _>` (axum), `WithRejection<_, _>` (axum-extra), `Valid<_>` and `Garde<_>`
+/// (axum-valid).
+const WRAPPERS: &[&str] = &["Option", "Result", "WithRejection", "Valid", "Garde"];
+
+/// The name of an extractor type, looking through the [`WRAPPERS`] (`Json` for
+/// `Option<Json<Event>>` or `WithRejection<Json<Event>, ApiError>`).
 fn extractor_name(ty: &Type) -> Option<String> {
     let name = type_name(ty)?;
-    if name != "Option" && name != "Result" {
+    if !WRAPPERS.contains(&name.as_str()) {
         return Some(name);
     }
     let Type::Path(path) = ty else { return None };
