@@ -300,6 +300,9 @@ async fn quoted_and_bare_keys_are_the_same_key() {
     send(&app, post_with("/create", "abc", "x")).await;
     let retry = send(&app, post_with("/create", "\"abc\"", "x")).await;
     assert!(retry.replayed());
+    // Structured Field parameters are not part of the key.
+    let with_parameters = send(&app, post_with("/create", "\"abc\";v=1", "x")).await;
+    assert!(with_parameters.replayed());
     let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
     send(&app, post_with("/create", uuid, "x")).await;
     assert!(send(&app, post_with("/create", uuid, "x")).await.replayed());

@@ -8,7 +8,9 @@
 //! empty (`""` included), longer than [`MAX_KEY_LEN`] bytes once unquoted, contains a byte
 //! outside visible ASCII (`!` to `~`), or is a malformed quoted string; and when a request
 //! carries more than one key header, also when a proxy joined them into one line
-//! (`a, b`: said so rather than "invalid key").
+//! (`a, b`: said so rather than "invalid key"). Structured Field parameters after a
+//! quoted key (`"abc";v=1`) are allowed and ignored, as RFC 8941 has a recipient do
+//! with parameters it does not know: the key is `abc`.
 //!
 //! ```
 //! use idempotent_runtime::key::{KeyError, parse_key};
@@ -16,6 +18,7 @@
 //! assert_eq!(parse_key(b"8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
 //! assert_eq!(parse_key(br#""abc""#).unwrap(), "abc");
 //! assert_eq!(parse_key(br#""a\"b""#).unwrap(), r#"a"b"#);
+//! assert_eq!(parse_key(br#""abc";v=1"#).unwrap(), "abc");
 //! assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));
 //! assert!(matches!(parse_key(b"with space"), Err(KeyError::InvalidByte { .. })));
 //! ```
@@ -105,7 +108,7 @@ impl fmt::Display for KeyError {
                 "the idempotency key has byte 0x{byte:02x} at position {position}; only visible ASCII (`!` to `~`) is allowed"
             ),
             Self::MalformedQuoted => f.write_str(
-                "the idempotency key starts with `\"` but is not a valid quoted string (only `\\\"` and `\\\\` escapes, closing quote last)",
+                "the idempotency key starts with `\"` but is not a valid quoted string (only `\\\"` and `\\\\` escapes; after the closing quote, only parameters such as `;v=1`)",
             ),
             Self::Multiple => f.write_str("the request carries more than one idempotency key"),
         }
@@ -239,25 +242,68 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// A quoted key: a Structured Field string, then any parameters, which are not part of
+/// the key.
 fn unquote(raw: &[u8]) -> Result<Vec<u8>, KeyError> {
-    let inner = raw
-        .strip_prefix(b"\"")
-        .and_then(|r| r.strip_suffix(b"\""))
-        .ok_or(KeyError::MalformedQuoted)?;
-    let mut out = Vec::with_capacity(inner.len());
-    let mut bytes = inner.iter();
-    while let Some(&b) = bytes.next() {
-        match b {
-            b'\\' => match bytes.next() {
-                Some(&c @ (b'"' | b'\\')) => out.push(c),
-                _ => return Err(KeyError::MalformedQuoted),
+    let (key, rest) = string(raw).ok_or(KeyError::MalformedQuoted)?;
+    if !parameters(rest) {
+        return Err(KeyError::MalformedQuoted);
+    }
+    Ok(key)
+}
+
+/// A Structured Field string at the start of `raw` (RFC 8941 3.3.3): its unescaped
+/// content and what follows its closing quote.
+fn string(raw: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let mut bytes = raw.strip_prefix(b"\"")?.iter();
+    let mut out = Vec::with_capacity(raw.len());
+    loop {
+        match *bytes.next()? {
+            b'\\' => match bytes.next()? {
+                &c @ (b'"' | b'\\') => out.push(c),
+                _ => return None,
             },
-            b'"' => return Err(KeyError::MalformedQuoted),
-            0x20..=0x7e => out.push(b),
-            _ => return Err(KeyError::MalformedQuoted),
+            b'"' => return Some((out, bytes.as_slice())),
+            b @ 0x20..=0x7e => out.push(b),
+            _ => return None,
         }
     }
-    Ok(out)
+}
+
+/// Whether `rest` is a list of Structured Field parameters (RFC 8941 3.1.2), like
+/// `;v=1;tag`: a key of lowercase letters, digits and `_-.*`, and an optional value, a
+/// string or a bare item (a token, a number, a byte sequence or a boolean).
+fn parameters(mut rest: &[u8]) -> bool {
+    while let Some(after) = rest.strip_prefix(b";") {
+        rest = after.trim_ascii_start();
+        if !matches!(rest.first(), Some(b'a'..=b'z' | b'*')) {
+            return false;
+        }
+        let key = rest
+            .iter()
+            .position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'))
+            .unwrap_or(rest.len());
+        rest = &rest[key..];
+        let Some(value) = rest.strip_prefix(b"=") else {
+            continue;
+        };
+        rest = if value.first() == Some(&b'"') {
+            match string(value) {
+                Some((_, after)) => after,
+                None => return false,
+            }
+        } else {
+            let len = value
+                .iter()
+                .position(|b| !b.is_ascii_graphic() || matches!(b, b';' | b',' | b'"' | b'\\'))
+                .unwrap_or(value.len());
+            if len == 0 {
+                return false;
+            }
+            &value[len..]
+        };
+    }
+    rest.is_empty()
 }
 
 /// The stored key: a hex SHA-256 over (method, path, scope, key), each length-prefixed
@@ -322,6 +368,20 @@ mod tests {
     }
 
     #[test]
+    fn parameters_after_a_quoted_key_are_not_part_of_it() {
+        for raw in [
+            r#""abc";v=1"#,
+            r#""abc";tag"#,
+            r#""abc";a=?1;b=token/x:y;c=-1.5"#,
+            r#""abc"; s="x;\"y,z";*b=:cGFyYW0=:"#,
+        ] {
+            assert_eq!(parse_key(raw.as_bytes()).as_deref(), Ok("abc"), "{raw}");
+        }
+        // A bare key keeps what a client sent, as before.
+        assert_eq!(parse_key(b"abc;v=1").as_deref(), Ok("abc;v=1"));
+    }
+
+    #[test]
     fn rejects_bad_keys() {
         assert_eq!(parse_key(b""), Err(KeyError::Empty));
         assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));
@@ -334,6 +394,16 @@ mod tests {
         assert!(parse_key(&quoted).is_ok());
         assert_eq!(parse_key(b"\"abc"), Err(KeyError::MalformedQuoted));
         assert_eq!(parse_key(b"\"a\"b\""), Err(KeyError::MalformedQuoted));
+        for trailing in [
+            ";", "; ", ";V=1", ";1a", ";a=", ";a=\"x", ";a=1 ;b", " ;a", ";a=1,",
+        ] {
+            let raw = format!("\"abc\"{trailing}");
+            assert_eq!(
+                parse_key(raw.as_bytes()),
+                Err(KeyError::MalformedQuoted),
+                "{raw}"
+            );
+        }
         assert_eq!(parse_key(br#""a\nb""#), Err(KeyError::MalformedQuoted));
         assert_eq!(
             parse_key(b"a\tb"),
@@ -379,6 +449,7 @@ mod tests {
         };
         assert_eq!(one("a, b"), Err(KeyError::Multiple));
         assert_eq!(one(r#""a", "b""#), Err(KeyError::Multiple));
+        assert_eq!(one(r#""a";v=1, "b""#), Err(KeyError::Multiple));
         // A comma is a visible character: a bare key may hold one.
         assert_eq!(one("a,b"), Ok(Some("a,b".into())));
         assert!(matches!(one("a b, c"), Err(KeyError::InvalidByte { .. })));
