@@ -16,7 +16,9 @@
 //!   (`TieredStore`);
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`), `DATABASE_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/test`): the server of `STORE=redis|postgres`
-//!   and of their tiered forms;
+//!   and of their tiered forms; records go in the Postgres schema `idempotent_bench`,
+//!   or under the Redis key prefix `idempotent_bench:`, which `scripts/load.sh` empties
+//!   when it ends;
 //! - `RUST_LOG`: the log filter (default `warn`, so that logging does not weigh on the
 //!   numbers).
 //!

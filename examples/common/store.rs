@@ -47,12 +47,14 @@ impl StoreUrl {
 
     /// Connects to the store and wraps it in an [`Idempotency`] with the default
     /// settings. Postgres records live in `schema` (created on demand), and a cleanup
-    /// task removes the expired ones while the returned [`Opened`] lives.
+    /// task removes the expired ones while the returned [`Opened`] lives; Redis records
+    /// go under the key prefix `schema`, so that a program's keys can be told apart.
     ///
     /// With `local_copies`, the store is the durable tier of a [`TieredStore`] whose
     /// fast tier is a [`MemoryStore`] in this process: replays of the responses this
     /// process has completed or already replayed once are served without a round trip.
     pub async fn open(&self, schema: &str, local_copies: bool) -> Result<Opened, String> {
+        // Unused in a build without the `redis` and `postgres` features.
         let _ = schema;
         fn idempotency(store: impl Store, local_copies: bool) -> Idempotency {
             if local_copies {
@@ -69,7 +71,8 @@ impl StoreUrl {
             Self::Redis(url) => {
                 let store = idempotent_runtime::RedisStore::connect(url.as_str())
                     .await
-                    .map_err(|err| format!("cannot connect to Redis at {self}: {err}"))?;
+                    .map_err(|err| format!("cannot connect to Redis at {self}: {err}"))?
+                    .with_prefix(schema);
                 Ok(Opened::new(idempotency(store, local_copies)))
             }
             #[cfg(feature = "postgres")]

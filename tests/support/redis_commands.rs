@@ -43,18 +43,31 @@ pub fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashM
 
 /// Removes the keys under `prefix`: the conformance kit's record kept under a TTL of
 /// `Duration::MAX` never expires on its own, and the shared server outlives the tests.
+/// `SCAN`, not `KEYS`: on a server that holds millions of other keys, one `KEYS` call
+/// outlasts the connection's response timeout.
 pub async fn remove_prefix(url: &str, prefix: &str) {
     let mut conn = raw_connection(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("KEYS {prefix}*: {e}"));
-    if !keys.is_empty() {
-        let _: u64 = redis::cmd("DEL")
-            .arg(&keys)
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
             .query_async(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("DEL: {e}"));
+            .unwrap_or_else(|e| panic!("SCAN {prefix}*: {e}"));
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("DEL: {e}"));
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
 }
