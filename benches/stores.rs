@@ -35,6 +35,11 @@ use tokio::runtime::Runtime;
 mod common;
 use common::{bench_server, call, runtime};
 
+// `remove_prefix`; the rest serves the tests.
+#[allow(dead_code)]
+#[path = "../tests/support/redis_commands.rs"]
+mod redis_commands;
+
 /// Measures `round_trip`, `bare`, `first_execution` and `replay` in group `name`, the
 /// last two on `store`.
 fn measure<F: Future<Output = ()>>(
@@ -105,21 +110,11 @@ fn redis(c: &mut Criterion) {
         }
     };
     measure(c, &runtime, "redis", store, round_trip);
-    if let Err(err) = runtime.block_on(remove_prefix(manager, &prefix)) {
+    // The records are kept for a day.
+    let (mut manager, records) = (manager, format!("{prefix}:"));
+    if let Err(err) = runtime.block_on(redis_commands::remove_prefix(&mut manager, &records)) {
         eprintln!("could not remove the records under `{prefix}` from Redis: {err}");
     }
-}
-
-/// Deletes every key under `prefix`: the records are kept for a day.
-async fn remove_prefix(
-    mut manager: redis::aio::ConnectionManager,
-    prefix: &str,
-) -> redis::RedisResult<()> {
-    let keys: Vec<String> = manager.keys(format!("{prefix}:*")).await?;
-    for chunk in keys.chunks(1000) {
-        let _: u64 = manager.del(chunk).await?;
-    }
-    Ok(())
 }
 
 fn postgres(c: &mut Criterion) {

@@ -4,7 +4,7 @@
 mod support;
 
 use idempotent_runtime::{RedisStore, testkit};
-use support::redis_commands::remove_prefix;
+use support::redis_commands::{raw_connection, remove_prefix};
 use support::redis_server::{RedisCluster, shared_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +20,9 @@ async fn redis_single_node_passes_the_kit() {
         })
         .with_prefix(prefix.clone());
     testkit::run_all(&store).await;
-    remove_prefix(&shared_url(), &prefix).await;
+    remove_prefix(&mut raw_connection(&shared_url()).await, &prefix)
+        .await
+        .unwrap_or_else(|e| panic!("removing the keys under {prefix}: {e}"));
 }
 
 /// Replies are read the same whichever protocol the connection speaks.
@@ -33,7 +35,9 @@ async fn redis_over_resp3_passes_the_kit() {
         .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
         .with_prefix(prefix.clone());
     testkit::run_all(&store).await;
-    remove_prefix(&shared_url(), &prefix).await;
+    remove_prefix(&mut raw_connection(&shared_url()).await, &prefix)
+        .await
+        .unwrap_or_else(|e| panic!("removing the keys under {prefix}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -41,12 +41,14 @@ pub fn ran(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashM
         .collect()
 }
 
-/// Removes the keys under `prefix`: the conformance kit's record kept under a TTL of
-/// `Duration::MAX` never expires on its own, and the shared server outlives the tests.
-/// `SCAN`, not `KEYS`: on a server that holds millions of other keys, one `KEYS` call
-/// outlasts the connection's response timeout.
-pub async fn remove_prefix(url: &str, prefix: &str) {
-    let mut conn = raw_connection(url).await;
+/// Removes the keys that start with `prefix`: records kept for a long TTL (the
+/// conformance kit's under `Duration::MAX` never expire) on a server that outlives the
+/// tests and benches. `SCAN`, not `KEYS`: on a server that holds millions of other keys,
+/// one `KEYS` call outlasts the connection's response timeout.
+pub async fn remove_prefix(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+) -> redis::RedisResult<()> {
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -55,18 +57,13 @@ pub async fn remove_prefix(url: &str, prefix: &str) {
             .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(10_000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("SCAN {prefix}*: {e}"));
+            .query_async(conn)
+            .await?;
         if !keys.is_empty() {
-            let _: u64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("DEL: {e}"));
+            let _: u64 = redis::cmd("DEL").arg(&keys).query_async(conn).await?;
         }
         if next == 0 {
-            break;
+            return Ok(());
         }
         cursor = next;
     }
