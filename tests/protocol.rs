@@ -173,6 +173,7 @@ fn app_with(idempotency: Idempotency) -> (Router, Runs) {
     let app = Router::new()
         .route("/create", any(create))
         .route("/other", post(create))
+        .route("/items/{id}", post(create))
         .route("/json", post(create_json))
         .route("/status", post(status_from_body))
         .route("/keep4xx", post(keeps_client_errors))
@@ -428,6 +429,24 @@ async fn a_key_is_scoped_to_method_and_path() {
         assert!(!answer.replayed(), "{method} {uri} is a different request");
     }
     assert_eq!(runs.get(), 5);
+}
+
+#[tokio::test]
+async fn a_path_differently_percent_encoded_is_the_same_path() {
+    let (app, runs) = app();
+    // `%61` is `a` and `%2f` is `%2F` (RFC 3986): one path, as the router sees it.
+    let first = send(&app, request(Method::POST, "/items/a%2Fb", Some(b"k"), "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for uri in ["/items/%61%2fb", "/items/a%2fb", "/items/%61%2F%62"] {
+        let answer = send(&app, request(Method::POST, uri, Some(b"k"), "x")).await;
+        assert!(answer.replayed(), "{uri} is /items/a%2Fb");
+    }
+    assert_eq!(runs.get(), 1);
+    // An escaped reserved character is not that character.
+    let colon = send(&app, request(Method::POST, "/items/a%3Ab", Some(b"k"), "x")).await;
+    let other = send(&app, request(Method::POST, "/items/a:b", Some(b"k"), "x")).await;
+    assert!(!colon.replayed() && !other.replayed());
+    assert_eq!(runs.get(), 3);
 }
 
 #[tokio::test]

@@ -27,9 +27,12 @@
 //!
 //! The stored key is a SHA-256 over (method, request path, scope, key), so the same key
 //! sent to two endpoints, or by two tenants when the endpoint sets a `scope`, never
-//! collides, and the raw key never reaches the store or this crate's logs. (A key read
-//! from the query string, `key = query(..)`, is in the request line, which access logs
-//! and proxies record: prefer a header where the client allows it.)
+//! collides, and the raw key never reaches the store or this crate's logs. The path is
+//! the request's, percent-encoding normalised as RFC 3986 has it: `/orders/%61bc` is
+//! `/orders/abc` (the router gives both the same path parameter), `%2f` is `%2F`, and
+//! neither is `/`. (A key read from the query string, `key = query(..)`, is in the
+//! request line, which access logs and proxies record: prefer a header where the client
+//! allows it.)
 
 use std::borrow::Cow;
 use std::fmt;
@@ -240,6 +243,41 @@ fn percent_decode(s: &str) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// `path` with its percent-encoding normalised as RFC 3986 (6.2.2.1, 6.2.2.2) has it:
+/// an escaped unreserved character (letter, digit, `-`, `.`, `_`, `~`) decoded, the hex
+/// digits of every other escape in upper case. So `/orders/%61bc` is `/orders/abc`,
+/// which the router hands the same path parameter, while `%2F` stays apart from `/`.
+/// A `%` not followed by two hex digits is kept as written. Borrowed when the path has
+/// no `%`, as most paths.
+pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'%') else {
+        return Cow::Borrowed(path);
+    };
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        if let (b'%', Some(&[high, low])) = (bytes[i], bytes.get(i + 1..i + 3))
+            && let (Some(h), Some(l)) = (hex(high), hex(low))
+        {
+            let decoded = h << 4 | l;
+            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                out.push(decoded);
+            } else {
+                out.extend_from_slice(&[b'%', high.to_ascii_uppercase(), low.to_ascii_uppercase()]);
+            }
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // ASCII was replaced by ASCII only, so `out` is as much UTF-8 as `path`.
+    String::from_utf8(out).map_or(Cow::Borrowed(path), Cow::Owned)
 }
 
 /// A quoted key: a Structured Field string, then any parameters, which are not part of
@@ -495,6 +533,28 @@ mod tests {
         );
         let none: [(&str, &str); 0] = [];
         assert_ne!(derive("e", "a", none), derive("e", "a", [("", "")]));
+    }
+
+    #[test]
+    fn paths_are_normalised_as_rfc_3986_has_it() {
+        assert!(matches!(
+            normalize_path("/orders/1"),
+            Cow::Borrowed("/orders/1")
+        ));
+        // Unreserved characters decoded, whatever the case of their escape.
+        assert_eq!(
+            normalize_path("/%6Frders/%41%7e%2D%2e%5f9"),
+            "/orders/A~-._9"
+        );
+        // Other escapes kept, in upper case: `%2F` is not `/`, nor `%20` a space.
+        assert_eq!(normalize_path("/a%2fb%20c%3A"), "/a%2Fb%20c%3A");
+        // A `%` without two hex digits after it is kept as written.
+        assert_eq!(normalize_path("/100%"), "/100%");
+        assert_eq!(normalize_path("/%4"), "/%4");
+        assert_eq!(normalize_path("/%zz%41"), "/%zzA");
+        assert_eq!(normalize_path("/%+41"), "/%+41");
+        // Bytes that are not ASCII pass through.
+        assert_eq!(normalize_path("/caf\u{e9}%41"), "/caf\u{e9}A");
     }
 
     #[test]

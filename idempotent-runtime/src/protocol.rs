@@ -428,7 +428,7 @@ pub(crate) async fn prepare(
     };
     let key = key::namespace(
         parts.method.as_str(),
-        uri.path(),
+        &key::normalize_path(uri.path()),
         scope.as_deref(),
         &client_key,
     );
