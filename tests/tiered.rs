@@ -245,3 +245,43 @@ async fn a_completions_copy_is_kept_for_the_fill_ttl_at_most() {
         other => panic!("expected the stored response, got {other:?}"),
     }
 }
+
+/// Without copies on completion, a first execution writes nothing to the fast store;
+/// the first retry asks the durable store and fills the fast one, which answers the
+/// retries after it. The kit holds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_copies_on_completion_the_first_miss_fills() {
+    run_all(
+        &TieredStore::new(MemoryStore::new(), MemoryStore::new()).with_copy_on_completion(false),
+    )
+    .await;
+
+    let (durable_calls, fast_calls) = (Calls::default(), Calls::default());
+    let store = TieredStore::new(
+        Counting::new(MemoryStore::new(), &durable_calls),
+        Counting::new(MemoryStore::new(), &fast_calls),
+    )
+    .with_copy_on_completion(false);
+    let key = format!("{}:no-copy", unique_prefix());
+    let fp = Fingerprint::of_bytes(b"order");
+    let token = acquire(&store, &key, fp).await;
+    complete(&store, &key, token, LONG).await;
+    assert_eq!(
+        (fast_calls.total(), fast_calls.of(Op::Lookup)),
+        (1, 1),
+        "the first execution only looked the key up in the fast store"
+    );
+    for retry in 0..3 {
+        match store.claim(&key, fp, LONG).await.expect("claim") {
+            Claim::Existing(Record::Completed { response, .. }) => {
+                assert_eq!(response, sample_response());
+            }
+            other => panic!("expected the stored response, got {other:?}"),
+        }
+        assert_eq!(durable_calls.of(Op::Claim), 2, "after retry {retry}");
+    }
+    assert!(matches!(
+        store.fast().lookup(&key).await,
+        Ok(Some(Record::Completed { fingerprint, .. })) if fingerprint == fp
+    ));
+}

@@ -12,14 +12,16 @@
 //!   store is filled with it for [`fill_ttl`](TieredStore::with_fill_ttl), so the next
 //!   retry is served from there;
 //! - a completion is written to the durable store first and, once it is accepted there,
-//!   copied to the fast store with the fingerprint of its claim, for `fill_ttl` or what is
-//!   left of the endpoint's TTL, whichever is shorter. That TTL is counted from before
-//!   the durable write, so the copy expires with the durable record at the latest (give
-//!   or take the fast store's own round trip): it does not answer for a key the durable
-//!   store has let go. The fingerprint comes from the claim this store granted, which it
-//!   remembers until the claim completes or is released (or, for a claim that never
-//!   does, until a sweep finds its lease lapsed). A completion whose claim it does not
-//!   know copies nothing, and the next claim of the key fills the fast store on its miss.
+//!   copied to the fast store with the fingerprint of its claim (unless
+//!   [turned off](TieredStore::with_copy_on_completion): a fast store filled on misses
+//!   only), for `fill_ttl` or what is left of the endpoint's TTL, whichever is
+//!   shorter. That TTL is counted from before the durable write, so the copy expires
+//!   with the durable record at the latest (give or take the fast store's own round
+//!   trip): it does not answer for a key the durable store has let go. The fingerprint
+//!   comes from the claim this store granted, which it remembers until the claim
+//!   completes or is released (or, for a claim that never does, until a sweep finds its
+//!   lease lapsed). A completion whose claim it does not know copies nothing, and the
+//!   next claim of the key fills the fast store on its miss.
 //!
 //! Losing the fast store loses nothing: its errors are logged and ignored, and each of its
 //! operations is bounded by [`fast_timeout`](TieredStore::with_fast_timeout). A failing
@@ -76,6 +78,7 @@ pub struct TieredStore<D, F> {
     fast: F,
     fill_ttl: Duration,
     fast_timeout: Duration,
+    copy_completions: bool,
     granted: Arc<Mutex<Granted>>,
     warnings: Arc<Warnings>,
 }
@@ -208,6 +211,7 @@ impl<D: Store, F: Store> TieredStore<D, F> {
             fast,
             fill_ttl: Self::DEFAULT_FILL_TTL,
             fast_timeout: Self::DEFAULT_FAST_TIMEOUT,
+            copy_completions: true,
             granted: Arc::default(),
             warnings: Arc::default(),
         }
@@ -246,6 +250,26 @@ impl<D: Store, F: Store> TieredStore<D, F> {
         self
     }
 
+    /// Whether completions are copied to the fast store: yes by default, so that even
+    /// the first retry of a key is served from there. With `false` the fast store is
+    /// filled on a miss only: the first retry of a key costs a durable round trip, as
+    /// without the fast store, and fills it for the next ones, while a first execution
+    /// costs what it costs on the durable store alone (no copy, and no note of the
+    /// claim's fingerprint for it). Most keys are never retried: this keeps the fast
+    /// store to the keys that were, and the copies' writes off every first execution.
+    ///
+    /// ```
+    /// use idempotent_runtime::{MemoryStore, store::TieredStore};
+    ///
+    /// let store = TieredStore::new(MemoryStore::new(), MemoryStore::new())
+    ///     .with_copy_on_completion(false);
+    /// assert!(!store.copies_on_completion());
+    /// ```
+    pub fn with_copy_on_completion(mut self, copy: bool) -> Self {
+        self.copy_completions = copy;
+        self
+    }
+
     /// The fill TTL.
     pub fn fill_ttl(&self) -> Duration {
         self.fill_ttl
@@ -254,6 +278,11 @@ impl<D: Store, F: Store> TieredStore<D, F> {
     /// The fast-store timeout.
     pub fn fast_timeout(&self) -> Duration {
         self.fast_timeout
+    }
+
+    /// Whether completions are copied to the fast store.
+    pub fn copies_on_completion(&self) -> bool {
+        self.copy_completions
     }
 
     /// The store that decides.
@@ -349,7 +378,9 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
         }
         let claim = self.durable.claim(key, fingerprint, lease).await?;
         match &claim {
-            Claim::Acquired(token) => self.granted().insert(key, *token, fingerprint, lease),
+            Claim::Acquired(token) if self.copy_completions => {
+                self.granted().insert(key, *token, fingerprint, lease);
+            }
             Claim::Existing(Record::Completed {
                 fingerprint,
                 response,
@@ -357,7 +388,7 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
                 let until = Instant::now() + self.fill_ttl.min(LONGEST);
                 self.fill(key, *fingerprint, response, until).await;
             }
-            Claim::Existing(_) => {}
+            Claim::Acquired(_) | Claim::Existing(_) => {}
         }
         Ok(claim)
     }
