@@ -101,6 +101,41 @@ async fn a_caller_that_stops_waiting_after_the_work_loses_no_record() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// A consumer that stops waiting while the work runs (a `timeout` around `run`) cancels
+/// the work, and its key is released as for work that failed: a redelivery runs it
+/// again at once, rather than meeting `InFlight` until the lease lapses.
+#[tokio::test]
+async fn a_caller_that_stops_waiting_during_the_work_releases_its_key() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let refunds = idempotency
+        .once("refunds")
+        .with_lease(Duration::from_secs(3600));
+    let started = AtomicUsize::new(0);
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        refunds.run("evt_1", &EVENT, || async {
+            started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<usize, std::io::Error>(0)
+        }),
+    )
+    .await;
+    assert!(given_up.is_err(), "the caller stopped waiting");
+    assert_eq!(started.load(Ordering::SeqCst), 1, "the work had started");
+    // The key is released in a task of its own: in flight until that task has run.
+    let runs = AtomicUsize::new(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match refunds.run("evt_1", &EVENT, || counted(&runs)).await {
+            Ok(Outcome::Ran(1)) => break,
+            Err(OnceError::InFlight { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("expected the redelivery to run the work, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_same_key_with_another_input_is_refused() {
     let idempotency = Idempotency::new(MemoryStore::new());

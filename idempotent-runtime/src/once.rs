@@ -68,11 +68,13 @@
 //! and the panic resumes. Once the work has returned, its result is recorded (or its key
 //! released) in a task of its own, which a caller that stops waiting then (a `select!`
 //! on shutdown, a `timeout` around `run`) does not cancel, and which
-//! [`Idempotency::drain`] waits for. A future dropped mid-work cancels the work itself:
-//! it stops renewing, the key frees up when the lease lapses, and a redelivery then runs
-//! the work again. Bound the work with a timeout inside the closure, or with the app's
-//! execution limit ([`Idempotency::with_execution_limit`]), rather than the call to
-//! `run` from outside.
+//! [`Idempotency::drain`] waits for. A future dropped mid-work cancels the work itself,
+//! and its key is then released as for work that failed, in such a task too: a
+//! redelivery runs the work again at once, rather than meeting `InFlight` until the
+//! lease lapses. (Dropped while the store is still deciding the claim, a claim granted
+//! meanwhile holds the key until its lease lapses.) The app's execution limit
+//! ([`Idempotency::with_execution_limit`]) bounds the work from inside, with
+//! `TimedOut` as the answer.
 
 use std::fmt;
 use std::future::Future;
@@ -256,22 +258,27 @@ impl Once<'_> {
                 )));
             }
         };
-        let execution = Execution {
-            idempotency: idempotency.clone(),
-            key: store_key,
-            token,
-            lease: self.lease,
-            ttl: self.ttl,
-            policy: StatusPolicy::DEFAULT,
+        let claimed = Claimed {
+            execution: Execution {
+                idempotency: idempotency.clone(),
+                key: store_key,
+                token,
+                lease: self.lease,
+                ttl: self.ttl,
+                policy: StatusPolicy::DEFAULT,
+            },
+            armed: true,
         };
         // The work is dropped before anything else happens: stopped past the limit, it
         // lets go of what it holds before its key is released. The closure is called
         // inside the guard, so that a panic in it before it returns its future is the
-        // work's panic too.
+        // work's panic too. Declared after `claimed`, it is dropped before it too when
+        // this future is.
         let outcome = {
             let work = std::pin::pin!(async move { work().await });
-            execution.guard(work).await
+            claimed.execution.guard(work).await
         };
+        let execution = claimed.disarm();
         let value = match outcome {
             Guarded::Done(Ok(value)) => value,
             Guarded::Done(Err(err)) => {
@@ -315,6 +322,47 @@ fn record_of<T: Serialize + DeserializeOwned>(value: &T, key: &str) -> Vec<u8> {
     };
     tracing::error!(target: TARGET, key = short(key), error = %problem, "the result cannot be serialised; redeliveries will get `Unreadable`");
     Vec::new()
+}
+
+/// The claim of a [`Once::run`] whose work has not returned. Dropped with its `run`,
+/// the work cancelled (a `timeout` or a `select!` around the call), it releases the key
+/// in a task of its own, as for work that failed, so that a redelivery runs the work at
+/// once instead of meeting `InFlight` until the lease lapses.
+struct Claimed {
+    execution: Execution,
+    armed: bool,
+}
+
+impl Claimed {
+    /// The claim, for the caller to end now that the work has returned.
+    fn disarm(mut self) -> Execution {
+        self.armed = false;
+        self.execution.clone()
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let key = short(&self.execution.key);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; its key is released");
+                let execution = self.execution.clone();
+                let working = execution.idempotency.working();
+                let release = async move {
+                    let _working = working;
+                    execution.release().await;
+                };
+                runtime.spawn(tracing::Instrument::in_current_span(release));
+            }
+            Err(_) => {
+                tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; no tokio runtime to release its key in, which frees up when the lease lapses");
+            }
+        }
+    }
 }
 
 /// How a claim ends.

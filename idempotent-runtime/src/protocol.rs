@@ -711,6 +711,7 @@ fn over_a_limit(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Step 4: everything that happens once the claim is ours.
+#[derive(Clone)]
 pub(crate) struct Execution {
     /// The store and the app-wide settings (limits, timeouts, stored headers).
     pub(crate) idempotency: Idempotency,
