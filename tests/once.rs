@@ -123,17 +123,56 @@ async fn a_caller_that_stops_waiting_during_the_work_releases_its_key() {
     assert!(given_up.is_err(), "the caller stopped waiting");
     assert_eq!(started.load(Ordering::SeqCst), 1, "the work had started");
     // The key is released in a task of its own: in flight until that task has run.
+    runs_within(&refunds).await;
+}
+
+/// Redelivers `evt_1` until it runs the work, for at most 3 s: in flight meanwhile.
+async fn runs_within(refunds: &Once<'_>) {
     let runs = AtomicUsize::new(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         match refunds.run("evt_1", &EVENT, || counted(&runs)).await {
-            Ok(Outcome::Ran(1)) => break,
+            Ok(Outcome::Ran(1)) => return,
             Err(OnceError::InFlight { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => panic!("expected the redelivery to run the work, got {other:?}"),
         }
     }
+}
+
+/// A claim the store grants only after `run` stopped waiting for it (the store timeout,
+/// or a `timeout` around `run`) is released, since nobody runs the work for it: a
+/// redelivery runs the work once it has been, not a lease later.
+#[tokio::test]
+async fn a_claim_granted_after_run_stopped_waiting_is_released() {
+    // Past the store timeout: `run` answers with a store error.
+    let idempotency = Idempotency::new(Flaky::new(Fault::SlowClaim(Duration::from_millis(300))))
+        .with_store_timeout(Duration::from_millis(50));
+    let refunds = idempotency
+        .once("refunds")
+        .with_lease(Duration::from_secs(3600));
+    let late = refunds
+        .run("evt_1", &EVENT, || async { Ok::<u32, std::io::Error>(0) })
+        .await;
+    assert!(matches!(late, Err(OnceError::Store(_))), "{late:?}");
+    // Redelivered once the store has granted the claim.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    runs_within(&refunds).await;
+
+    // Dropped by its caller while the store decides.
+    let idempotency = Idempotency::new(Flaky::new(Fault::SlowClaim(Duration::from_millis(300))));
+    let refunds = idempotency
+        .once("refunds")
+        .with_lease(Duration::from_secs(3600));
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        refunds.run("evt_1", &EVENT, || async { Ok::<u32, std::io::Error>(0) }),
+    )
+    .await;
+    assert!(given_up.is_err(), "the caller stopped waiting");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    runs_within(&refunds).await;
 }
 
 #[tokio::test]

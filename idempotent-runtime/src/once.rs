@@ -71,8 +71,9 @@
 //! [`Idempotency::drain`] waits for. A future dropped mid-work cancels the work itself,
 //! and its key is then released as for work that failed, in such a task too: a
 //! redelivery runs the work again at once, rather than meeting `InFlight` until the
-//! lease lapses. (Dropped while the store is still deciding the claim, a claim granted
-//! meanwhile holds the key until its lease lapses.) The app's execution limit
+//! lease lapses. A claim the store has not answered when `run` stops waiting for it (past
+//! the store timeout, or dropped) goes to such a task as well, which releases it should
+//! the store grant it after all. The app's execution limit
 //! ([`Idempotency::with_execution_limit`]) bounds the work from inside, with
 //! `TimedOut` as the answer.
 
@@ -85,8 +86,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::policy::StatusPolicy;
-use crate::protocol::{Decision, Execution, Guarded, TARGET, decide, release_late, short};
-use crate::store::{Claim, Record, StoreError};
+use crate::protocol::{Execution, Guarded, TARGET, release_late, short, within};
+use crate::store::{BoxFuture, Claim, Record, StoreError};
 use crate::{Fingerprint, Idempotency, StoredResponse, key};
 
 /// What [`Once::run`] did.
@@ -233,26 +234,28 @@ impl Once<'_> {
         // request, whatever its method and path, shares a key with this work.
         let store_key = key::namespace("once:", &self.operation, None, key);
         let idempotency = self.idempotency;
-        let token = match decide(idempotency, &store_key, fingerprint, self.lease).await {
-            Decision::Decided(Claim::Acquired(token)) => token,
-            Decision::Decided(Claim::Existing(record)) if *record.fingerprint() != fingerprint => {
+        // Late or given up, the claim goes to a task that releases it if it is granted.
+        let decided = PendingClaim::new(idempotency, &store_key, fingerprint, self.lease)
+            .decide()
+            .await;
+        let token = match decided {
+            Some(Ok(Claim::Acquired(token))) => token,
+            Some(Ok(Claim::Existing(record))) if *record.fingerprint() != fingerprint => {
                 tracing::warn!(target: TARGET, key = short(&store_key), "key reused with a different input");
                 return Err(OnceError::KeyReused);
             }
-            Decision::Decided(Claim::Existing(Record::InFlight {
+            Some(Ok(Claim::Existing(Record::InFlight {
                 lease_remaining, ..
-            })) => {
+            }))) => {
                 return Err(OnceError::InFlight { lease_remaining });
             }
-            Decision::Decided(Claim::Existing(Record::Completed { response, .. })) => {
+            Some(Ok(Claim::Existing(Record::Completed { response, .. }))) => {
                 let value =
                     serde_json::from_slice(response.body()).map_err(OnceError::Unreadable)?;
                 return Ok(Outcome::Replayed(value));
             }
-            Decision::Failed(err) => return Err(OnceError::Store(err)),
-            Decision::Late(pending) => {
-                let wait = idempotency.store_timeout();
-                release_late(idempotency, &store_key, self.lease, pending, wait).await;
+            Some(Err(err)) => return Err(OnceError::Store(err)),
+            None => {
                 return Err(OnceError::Store(StoreError::new(
                     "the store did not answer in time",
                 )));
@@ -322,6 +325,66 @@ fn record_of<T: Serialize + DeserializeOwned>(value: &T, key: &str) -> Vec<u8> {
     };
     tracing::error!(target: TARGET, key = short(key), error = %problem, "the result cannot be serialised; redeliveries will get `Unreadable`");
     Vec::new()
+}
+
+/// A claim the store has not answered yet, owned so that it can outlive its `run`: when
+/// the store is late (past the store timeout) or the caller stops waiting (a `timeout`
+/// or a `select!` around `run`), it is handed to a task that waits for it for up to a
+/// lease and releases it if it was granted, since nobody will run the work for it. A
+/// claim granted that way would otherwise hold the key until its lease lapsed.
+struct PendingClaim {
+    claim: Option<BoxFuture<'static, Result<Claim, StoreError>>>,
+    idempotency: Idempotency,
+    key: String,
+    lease: Duration,
+}
+
+impl PendingClaim {
+    fn new(
+        idempotency: &Idempotency,
+        key: &str,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Self {
+        let (store, owned_key) = (idempotency.clone(), key.to_owned());
+        let claim = async move { store.store().claim(&owned_key, fingerprint, lease).await };
+        Self {
+            claim: Some(Box::pin(claim)),
+            idempotency: idempotency.clone(),
+            key: key.to_owned(),
+            lease,
+        }
+    }
+
+    /// The store's answer within the store timeout, or `None`.
+    async fn decide(mut self) -> Option<Result<Claim, StoreError>> {
+        let claim = self.claim.as_mut()?;
+        let answer = within(self.idempotency.store_timeout(), claim).await.ok()?;
+        self.claim = None;
+        Some(answer)
+    }
+}
+
+impl Drop for PendingClaim {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (idempotency, key, lease) = (
+            self.idempotency.clone(),
+            std::mem::take(&mut self.key),
+            self.lease,
+        );
+        let working = idempotency.working();
+        let late = async move {
+            let _working = working;
+            release_late(&idempotency, &key, lease, claim, lease).await;
+        };
+        runtime.spawn(tracing::Instrument::in_current_span(late));
+    }
 }
 
 /// The claim of a [`Once::run`] whose work has not returned. Dropped with its `run`,
