@@ -224,25 +224,27 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = &bytes[i + 1..i + 3];
-                let digits = hex.iter().all(u8::is_ascii_hexdigit);
-                let hex = std::str::from_utf8(hex).ok().filter(|_| digits);
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
+        if let Some(decoded) = escaped(bytes, i) {
+            out.push(decoded);
+            i += 3;
+            continue;
         }
+        out.push(match bytes[i] {
+            b'+' => b' ',
+            b => b,
+        });
         i += 1;
     }
     out
+}
+
+/// The byte that `bytes[i..]` escapes, when it starts with `%` and two hex digits.
+fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    match *bytes.get(i..i + 3)? {
+        [b'%', high, low] => Some(hex(high)? << 4 | hex(low)?),
+        _ => None,
+    }
 }
 
 /// `path` with its percent-encoding normalised as RFC 3986 (6.2.2.1, 6.2.2.2) has it:
@@ -256,19 +258,16 @@ pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     let Some(first) = bytes.iter().position(|&b| b == b'%') else {
         return Cow::Borrowed(path);
     };
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     out.extend_from_slice(&bytes[..first]);
     let mut i = first;
     while i < bytes.len() {
-        if let (b'%', Some(&[high, low])) = (bytes[i], bytes.get(i + 1..i + 3))
-            && let (Some(h), Some(l)) = (hex(high), hex(low))
-        {
-            let decoded = h << 4 | l;
+        if let Some(decoded) = escaped(bytes, i) {
             if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
                 out.push(decoded);
             } else {
-                out.extend_from_slice(&[b'%', high.to_ascii_uppercase(), low.to_ascii_uppercase()]);
+                out.push(b'%');
+                out.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
             }
             i += 3;
             continue;
