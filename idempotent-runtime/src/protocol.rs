@@ -604,33 +604,6 @@ enum Claimed<'a> {
     Late(Response, BoxFuture<'a, Result<Claim, StoreError>>),
 }
 
-/// What the store said to a claim.
-pub(crate) enum Decision<'a> {
-    /// It answered.
-    Decided(Claim),
-    /// It failed.
-    Failed(StoreError),
-    /// It did not answer within the store timeout. The claim may still be granted, and a
-    /// granted claim nobody owns would hold the key until its lease lapsed: hand this to
-    /// [`release_late`].
-    Late(BoxFuture<'a, Result<Claim, StoreError>>),
-}
-
-/// The one store operation that decides, bounded by the store timeout.
-pub(crate) async fn decide<'a>(
-    idempotency: &'a Idempotency,
-    key: &'a str,
-    fingerprint: Fingerprint,
-    lease: Duration,
-) -> Decision<'a> {
-    let mut pending = idempotency.store().claim(key, fingerprint, lease);
-    match within(idempotency.store_timeout(), &mut pending).await {
-        Ok(Ok(claim)) => Decision::Decided(claim),
-        Ok(Err(err)) => Decision::Failed(err),
-        Err(_) => Decision::Late(pending),
-    }
-}
-
 /// Awaits a late claim for up to `wait` more and releases it if it was granted.
 pub(crate) async fn release_late(
     idempotency: &Idempotency,
@@ -645,19 +618,22 @@ pub(crate) async fn release_late(
     }
 }
 
-/// Step 3: one store operation decides.
+/// Step 3: one store operation decides, bounded by the store timeout.
 async fn claim<'a>(
     idempotency: &'a Idempotency,
     key: &'a str,
     fingerprint: Fingerprint,
     lease: Duration,
 ) -> Claimed<'a> {
-    let claim = match decide(idempotency, key, fingerprint, lease).await {
-        Decision::Decided(claim) => claim,
-        Decision::Failed(err) => {
+    let mut pending = idempotency.store().claim(key, fingerprint, lease);
+    let claim = match within(idempotency.store_timeout(), &mut pending).await {
+        Ok(Ok(claim)) => claim,
+        Ok(Err(err)) => {
             return Claimed::Answered(store_unavailable(key, &err.to_string()));
         }
-        Decision::Late(pending) => {
+        // The claim may still be granted, and a granted claim nobody owns would hold the
+        // key until its lease lapsed: it goes to `release_late`.
+        Err(_) => {
             let answer = store_unavailable(key, "the store did not answer in time");
             return Claimed::Late(answer, pending);
         }
