@@ -86,7 +86,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::policy::StatusPolicy;
-use crate::protocol::{Execution, Guarded, TARGET, release_late, short, within};
+use crate::protocol::{Execution, Guarded, TARGET, release_late, short, spawn_counted, within};
 use crate::store::{BoxFuture, Claim, Record, StoreError};
 use crate::{Fingerprint, Idempotency, StoredResponse, key};
 
@@ -370,20 +370,14 @@ impl Drop for PendingClaim {
         let Some(claim) = self.claim.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (idempotency, key, lease) = (
             self.idempotency.clone(),
             std::mem::take(&mut self.key),
             self.lease,
         );
-        let working = idempotency.working();
-        let late = async move {
-            let _working = working;
+        spawn_counted(&self.idempotency, async move {
             release_late(&idempotency, &key, lease, claim, lease).await;
-        };
-        runtime.spawn(tracing::Instrument::in_current_span(late));
+        });
     }
 }
 
@@ -409,21 +403,14 @@ impl Drop for Claimed {
         if !self.armed {
             return;
         }
+        let execution = self.execution.clone();
         let key = short(&self.execution.key);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; its key is released");
-                let execution = self.execution.clone();
-                let working = execution.idempotency.working();
-                let release = async move {
-                    let _working = working;
-                    execution.release().await;
-                };
-                runtime.spawn(tracing::Instrument::in_current_span(release));
-            }
-            Err(_) => {
-                tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; no tokio runtime to release its key in, which frees up when the lease lapses");
-            }
+        if spawn_counted(&self.execution.idempotency, async move {
+            execution.release().await;
+        }) {
+            tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; its key is released");
+        } else {
+            tracing::warn!(target: TARGET, key, "the caller stopped waiting and the work was cancelled; no tokio runtime to release its key in, which frees up when the lease lapses");
         }
     }
 }

@@ -898,16 +898,10 @@ impl Execution {
     /// next attempt is the last, so that a store that went away with the app does not
     /// hold its shutdown for a lease.
     fn complete_later(&self, stored: StoredResponse) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(target: TARGET, key = short(&self.key), "response not stored: no tokio runtime to try again in; the key frees up when the lease lapses");
-            return;
-        };
         let idempotency = self.idempotency.clone();
-        let working = idempotency.working();
         let (key, token, ttl) = (self.key.clone(), self.token, self.ttl);
         let until = tokio::time::Instant::now().checked_add(self.lease);
         let later = async move {
-            let _working = working;
             let mut backoff = LATER_FIRST_BACKOFF;
             loop {
                 // The last attempt is at the end of the window, however the backoff falls.
@@ -942,12 +936,32 @@ impl Execution {
             }
             tracing::error!(target: TARGET, key = short(&key), "response not stored: the store stayed unavailable for a lease after the handler answered, or until the app was drained; a retry runs the handler again");
         };
-        runtime.spawn(tracing::Instrument::in_current_span(later));
+        if !spawn_counted(&self.idempotency, later) {
+            tracing::error!(target: TARGET, key = short(&self.key), "response not stored: no tokio runtime to try again in; the key frees up when the lease lapses");
+        }
     }
 
     pub(crate) async fn release(&self) {
         release(&self.idempotency, &self.key, self.token, self.lease).await;
     }
+}
+
+/// Spawns `work` under the current tracing span, counted as work under way for
+/// [`Idempotency::drain`]; `false` when there is no tokio runtime to spawn it on.
+pub(crate) fn spawn_counted(
+    idempotency: &Idempotency,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let working = idempotency.working();
+    let work = async move {
+        let _working = working;
+        work.await;
+    };
+    runtime.spawn(tracing::Instrument::in_current_span(work));
+    true
 }
 
 /// What [`Execution::guard`] made of its work.
