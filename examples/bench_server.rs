@@ -13,7 +13,9 @@
 //! - `STORE`: `none` (the handler without the attribute), `memory` (default), `redis`
 //!   or `postgres`; or `tiered-redis` and `tiered-postgres`, where Redis or Postgres
 //!   decides and an in-process `MemoryStore` serves the replays of the responses it holds
-//!   (`TieredStore`);
+//!   (`TieredStore`), copies of those the server completed or replayed; or
+//!   `tiered-redis-on-miss` and `tiered-postgres-on-miss`, the same with copies of the
+//!   replayed ones only (`TieredStore::with_copy_on_completion(false)`);
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`), `DATABASE_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/test`): the server of `STORE=redis|postgres`
 //!   and of their tiered forms; records go in the Postgres schema `idempotent_bench`,
@@ -49,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-use store::StoreUrl;
+use store::{LocalCopies, StoreUrl};
 
 /// How many times the order handler has run.
 #[derive(Clone, Default)]
@@ -145,8 +147,8 @@ struct Config {
     bind: String,
     workers: usize,
     store: Option<StoreUrl>,
-    /// Whether an in-process copy of completed responses serves replays.
-    local_copies: bool,
+    /// Whether in-process copies of responses serve replays.
+    local_copies: LocalCopies,
 }
 
 fn env_or(name: &str, default: &str) -> Result<String, String> {
@@ -173,8 +175,12 @@ impl Config {
         };
         let store = env_or("STORE", "memory")?;
         let (local_copies, shared) = match store.strip_prefix("tiered-") {
-            Some(shared @ ("redis" | "postgres")) => (true, shared),
-            _ => (false, store.as_str()),
+            Some(shared @ ("redis" | "postgres")) => (LocalCopies::OfCompletions, shared),
+            Some(tiered) => match tiered.strip_suffix("-on-miss") {
+                Some(shared @ ("redis" | "postgres")) => (LocalCopies::OfReplays, shared),
+                _ => (LocalCopies::Off, store.as_str()),
+            },
+            None => (LocalCopies::Off, store.as_str()),
         };
         let store = match shared {
             "none" => None,
@@ -188,7 +194,8 @@ impl Config {
             _ => {
                 return Err(format!(
                     "unknown `STORE={store}`: expected `none`, `memory`, `redis`, `postgres`, \
-                     `tiered-redis` or `tiered-postgres`"
+                     `tiered-redis`, `tiered-postgres`, `tiered-redis-on-miss` or \
+                     `tiered-postgres-on-miss`"
                 ));
             }
         };
@@ -260,8 +267,10 @@ async fn serve(config: Config) -> Result<(), String> {
         .store
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
-    if config.local_copies {
-        store.push_str(", replays from memory");
+    match config.local_copies {
+        LocalCopies::Off => {}
+        LocalCopies::OfCompletions => store.push_str(", replays from memory"),
+        LocalCopies::OfReplays => store.push_str(", replays from memory, filled on misses"),
     }
     println!(
         "listening on http://{addr} (store {store}, {} workers)",

@@ -13,7 +13,9 @@
 #   KEYS=64          size of the replay key set
 #   STORES="none memory redis postgres tiered-redis tiered-postgres"
 #                    stores to measure (none is always measured); tiered-* is the shared
-#                    store with an in-process copy of completed responses serving replays
+#                    store with an in-process copy of completed responses serving replays;
+#                    tiered-redis-on-miss and tiered-postgres-on-miss (not measured unless
+#                    named) copy the replayed responses only
 #   FEATURES=redis,postgres               cargo features bench_server is built with
 #   PORT=18080       where bench_server listens, on 127.0.0.1
 #   PIN=1            pin bench_server and wrk to different CPUs (taskset), when there are 2+,

@@ -415,7 +415,11 @@ async fn the_default_store_serves_the_app() {
     let cli::Command::Run(options) = parse(&[]).unwrap() else {
         panic!("no arguments is a run");
     };
-    let opened = options.store.open("unused", false).await.unwrap();
+    let opened = options
+        .store
+        .open("unused", store::LocalCopies::Off)
+        .await
+        .unwrap();
     let idempotency = opened.idempotency.clone().with_lease(options.lease);
     assert_eq!(idempotency.lease(), Duration::from_secs(60));
     let orders = Orders::new(options.work);
@@ -510,7 +514,7 @@ async fn two_replicas_share_the_keys(url: &str, schema: &str) {
     let store = store::StoreUrl::parse(url).unwrap();
     let (mut addrs, mut replicas, mut opened) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
-        let open = store.open(schema, false).await.unwrap();
+        let open = store.open(schema, store::LocalCopies::Off).await.unwrap();
         let orders = Orders::new(Duration::from_millis(300));
         addrs.push(serve(app::router(orders.clone(), open.idempotency.clone())).await);
         replicas.push(orders);

@@ -14,6 +14,21 @@ use std::fmt;
 use idempotent_runtime::store::TieredStore;
 use idempotent_runtime::{Idempotency, MemoryStore, Store};
 
+/// Whether replays are served from copies in this process's memory, in front of the
+/// store (a [`TieredStore`] whose fast tier is a [`MemoryStore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Only `bench_server` keeps copies; `orders` and its tests include this file too.
+#[allow(dead_code)]
+pub enum LocalCopies {
+    /// No copies: every request asks the store.
+    Off,
+    /// Copies of the responses this process completes or replays.
+    OfCompletions,
+    /// Copies of the responses this process replays only: first executions cost what
+    /// they cost on the store alone.
+    OfReplays,
+}
+
 /// A store this build can open.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
@@ -50,19 +65,22 @@ impl StoreUrl {
     /// task removes the expired ones while the returned [`Opened`] lives; Redis records
     /// go under the key prefix `schema`, so that a program's keys can be told apart.
     ///
-    /// With `local_copies`, the store is the durable tier of a [`TieredStore`] whose
-    /// fast tier is a [`MemoryStore`] in this process: replays of the responses this
-    /// process has completed or already replayed once are served without a round trip.
-    pub async fn open(&self, schema: &str, local_copies: bool) -> Result<Opened, String> {
+    /// With `local_copies` other than [`LocalCopies::Off`], the store is the durable
+    /// tier of a [`TieredStore`] whose fast tier is a [`MemoryStore`] in this process:
+    /// replays of the responses it holds copies of are served without a round trip.
+    pub async fn open(&self, schema: &str, local_copies: LocalCopies) -> Result<Opened, String> {
         // Unused in a build without the `redis` and `postgres` features.
         let _ = schema;
-        fn idempotency(store: impl Store, local_copies: bool) -> Idempotency {
-            if local_copies {
-                // Uncapped: the copies of ten minutes of keys. A service would cap it
-                // with `with_max_entries(..).evicting()` (see `TieredStore`).
-                Idempotency::new(TieredStore::new(store, MemoryStore::new()))
-            } else {
-                Idempotency::new(store)
+        fn idempotency(store: impl Store, local_copies: LocalCopies) -> Idempotency {
+            // Uncapped: the copies of ten minutes of keys. A service would cap it with
+            // `with_max_entries(..).evicting()` (see `TieredStore`).
+            let tiered = |store| TieredStore::new(store, MemoryStore::new());
+            match local_copies {
+                LocalCopies::Off => Idempotency::new(store),
+                LocalCopies::OfCompletions => Idempotency::new(tiered(store)),
+                LocalCopies::OfReplays => {
+                    Idempotency::new(tiered(store).with_copy_on_completion(false))
+                }
             }
         }
         match self {

@@ -24,6 +24,8 @@ use std::process::ExitCode;
 use idempotent_runtime::Idempotency;
 use tracing_subscriber::EnvFilter;
 
+use store::LocalCopies;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = match cli::parse(std::env::args().skip(1)) {
@@ -56,7 +58,10 @@ async fn main() -> ExitCode {
 
 async fn serve(options: cli::Options) -> Result<(), String> {
     // Every process given the same store serves the same keys.
-    let store = options.store.open("idempotent_orders", false).await?;
+    let store = options
+        .store
+        .open("idempotent_orders", LocalCopies::Off)
+        .await?;
     // A lease must outlast three store timeouts (the claim's answer, then two tries of
     // a renewal), so a short lease for a demonstration shortens the timeout with it.
     let store_timeout = Idempotency::DEFAULT_STORE_TIMEOUT.min(options.lease / 3);

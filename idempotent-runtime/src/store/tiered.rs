@@ -254,9 +254,10 @@ impl<D: Store, F: Store> TieredStore<D, F> {
     /// the first retry of a key is served from there. With `false` the fast store is
     /// filled on a miss only: the first retry of a key costs a durable round trip, as
     /// without the fast store, and fills it for the next ones, while a first execution
-    /// costs what it costs on the durable store alone (no copy, and no note of the
-    /// claim's fingerprint for it). Most keys are never retried: this keeps the fast
-    /// store to the keys that were, and the copies' writes off every first execution.
+    /// costs the durable store's claim and completion and a lookup in the fast store:
+    /// no copy, and no note of the claim's fingerprint for it. Most keys are never
+    /// retried: this keeps the fast store to the keys that were, and the copies' writes
+    /// off every first execution.
     ///
     /// ```
     /// use idempotent_runtime::{MemoryStore, store::TieredStore};
