@@ -37,10 +37,10 @@ use proc_macro::TokenStream;
 /// also describe the protocol and the stores. Mistakes are compile errors at the
 /// argument, with the fix.
 ///
-/// Attributes that wrap or inspect the function, like `#[tracing::instrument]`, go above
-/// `#[idempotent]`, where they see the handler's own arguments; below it they would see
-/// the generated wrapper's, and `#[instrument]` there is a compile error. axum's
-/// `#[debug_handler]` cannot be combined with it.
+/// Attributes that wrap or inspect the function, like `#[tracing::instrument]` and
+/// `#[utoipa::path]`, go above `#[idempotent]`, where they see the handler's own
+/// arguments; below it they would see the generated wrapper's, and either of those two
+/// there is a compile error. axum's `#[debug_handler]` cannot be combined with it.
 ///
 /// The function keeps its name and visibility, but its signature becomes one axum calls
 /// with the whole request: a test calls it through a `Router`, not directly with its

@@ -192,7 +192,9 @@ pub(crate) fn check_signature(func: &ItemFn, errors: &mut Errors) {
 /// router state and the raw request. For `#[instrument]` that means a compile error about
 /// `Debug` deep in tracing's expansion, or spans that record the wrong arguments; axum's
 /// `#[debug_handler]` rejects the wrapper as generic (and above, it calls the handler with
-/// the arguments the wrapper replaced); a second `#[idempotent]` would too.
+/// the arguments the wrapper replaced); a second `#[idempotent]` would too. utoipa's
+/// `#[utoipa::path]` compiles below, but documents the wrapper: the path parameters and
+/// the request body it infers from the handler's arguments are silently left out.
 fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
     for attr in &func.attrs {
         let path = attr.path();
@@ -207,6 +209,14 @@ fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
             errors.error(
                 last.ident.span(),
                 format!("`#[{}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments", name()),
+            );
+        } else if last.ident == "path"
+            && path.segments.len() == 2
+            && path.segments[0].ident == "utoipa"
+        {
+            errors.error(
+                last.ident.span(),
+                "`#[utoipa::path]` must go above `#[idempotent]`: below it, it would document the generated wrapper, whose arguments are the router state and the raw request, and leave the handler's path parameters and request body out of the OpenAPI document\nmove it above `#[idempotent]`, where it sees the handler's own arguments",
             );
         } else if last.ident == "idempotent" {
             errors.error(
