@@ -24,8 +24,8 @@ pub enum LocalCopies {
     Off,
     /// Copies of the responses this process completes or replays.
     OfCompletions,
-    /// Copies of the responses this process replays only: first executions cost what
-    /// they cost on the store alone.
+    /// Copies of the responses this process replays only: a first execution makes no
+    /// copy, and costs the store's claim and completion and a lookup in memory.
     OfReplays,
 }
 
