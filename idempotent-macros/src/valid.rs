@@ -205,18 +205,22 @@ fn check_attributes_below(func: &ItemFn, errors: &mut Errors) {
             let segments: Vec<_> = path.segments.iter().map(|s| s.ident.to_string()).collect();
             segments.join("::")
         };
+        // `does`: what it would do to the wrapper; `losing`: what that costs, if more.
+        let must_go_above = |does: &str, losing: &str| {
+            format!(
+                "`#[{}]` must go above `#[idempotent]`: below it, it would {does} the generated wrapper, whose arguments are the router state and the raw request{losing}\nmove it above `#[idempotent]`, where it sees the handler's own arguments",
+                name()
+            )
+        };
         if last.ident == "instrument" {
+            errors.error(last.ident.span(), must_go_above("instrument", ""));
+        } else if name() == "utoipa::path" {
             errors.error(
                 last.ident.span(),
-                format!("`#[{}]` must go above `#[idempotent]`: below it, it would instrument the generated wrapper, whose arguments are the router state and the raw request\nmove it above `#[idempotent]`, where it sees the handler's own arguments", name()),
-            );
-        } else if last.ident == "path"
-            && path.segments.len() == 2
-            && path.segments[0].ident == "utoipa"
-        {
-            errors.error(
-                last.ident.span(),
-                "`#[utoipa::path]` must go above `#[idempotent]`: below it, it would document the generated wrapper, whose arguments are the router state and the raw request, and leave the handler's path parameters and request body out of the OpenAPI document\nmove it above `#[idempotent]`, where it sees the handler's own arguments",
+                must_go_above(
+                    "document",
+                    ", and leave the handler's path parameters and request body out of the OpenAPI document",
+                ),
             );
         } else if last.ident == "idempotent" {
             errors.error(
