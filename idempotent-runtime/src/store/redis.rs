@@ -665,8 +665,10 @@ impl Store for RedisStore {
                     // and lost its answer, since the Cluster client retries on its own
                     // (through a failover's `TRYAGAIN`, say) and returns the last error
                     // only. Take it back by its token, which is this claim's alone: a
-                    // key this claim did not get is left alone.
-                    let _ = self.release_token(&record_key, token).await;
+                    // key this claim did not get is left alone. Boxed: laid out in
+                    // every claim's future, this rare step made it too large for the
+                    // allocator's per-thread cache.
+                    let _ = Box::pin(self.release_token(&record_key, token)).await;
                     return Err(claim_error(err));
                 }
             };

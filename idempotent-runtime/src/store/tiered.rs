@@ -387,7 +387,10 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
                 response,
             }) => {
                 let until = Instant::now() + self.fill_ttl.min(LONGEST);
-                self.fill(key, *fingerprint, response, until).await;
+                // Boxed, as the durable store's completion below: the protocol boxes
+                // this step's future for every request, and under about 1 KB the
+                // allocator serves that box from its per-thread cache.
+                Box::pin(self.fill(key, *fingerprint, response, until)).await;
             }
             Claim::Acquired(_) | Claim::Existing(_) => {}
         }
@@ -417,7 +420,8 @@ impl<D: Store, F: Store> Store for TieredStore<D, F> {
         let started = Instant::now();
         // After an error the claim may still be in place, and the protocol try again:
         // its fingerprint is kept for that.
-        let completed = self.durable.complete(key, token, response, ttl).await?;
+        // Boxed, as the copy in `claim`: see there.
+        let completed = Box::pin(self.durable.complete(key, token, response, ttl)).await?;
         let fingerprint = self.granted().remove(key, token);
         if !completed {
             return Ok(false);
