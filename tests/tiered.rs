@@ -286,15 +286,13 @@ async fn without_copies_on_completion_the_first_miss_fills() {
     ));
 }
 
-/// The protocol boxes the future of every claim and completion. Up to about 1 KB, glibc
-/// serves such a box from the thread's own cache, the cheapest allocation there is; a
-/// Postgres claim's future alone is 2.8 KB, so a tiered store boxes the durable store's
-/// steps on their own. Replays from memory in front of Postgres then served 3 to 5 %
-/// more requests a second under load, in back-to-back runs.
+/// Up to [`support::ALLOCATOR_CACHE`]. A Postgres claim's future alone is 2.8 KB, so a
+/// tiered store boxes the durable store's steps on their own. Replays from memory in
+/// front of Postgres then served 3 to 5 % more requests a second under load, in
+/// back-to-back runs.
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn the_futures_of_a_tiered_claim_and_completion_fit_the_allocators_cache() {
-    const CACHED: usize = 1024;
     // A pool that connects on first use: the futures are measured, never run.
     let pool = idempotent_runtime::sqlx::postgres::PgPoolOptions::new()
         .connect_lazy("postgres://postgres@127.0.0.1:5432/test")
@@ -305,8 +303,11 @@ async fn the_futures_of_a_tiered_claim_and_completion_fit_the_allocators_cache()
     );
     let (fingerprint, token) = (Fingerprint::of_bytes(b"{}"), FencingToken::random());
     let claim = size_of_val(&store.claim("k", fingerprint, LONG));
-    assert!(claim <= CACHED, "claim: {claim} bytes");
+    assert!(claim <= support::ALLOCATOR_CACHE, "claim: {claim} bytes");
     let response = sample_response();
     let completion = size_of_val(&store.complete("k", token, &response, LONG));
-    assert!(completion <= CACHED, "completion: {completion} bytes");
+    assert!(
+        completion <= support::ALLOCATOR_CACHE,
+        "completion: {completion} bytes"
+    );
 }

@@ -27,3 +27,9 @@ pub fn random_u64() -> u64 {
 pub fn unique_prefix(name: &str) -> String {
     format!("test-{name}-{:016x}", random_u64())
 }
+
+/// About the largest allocation glibc serves from the thread's own cache. The protocol
+/// boxes the future of every claim and completion (it holds its store as a trait
+/// object); a larger box comes from the allocator's shared bins, a slower path that,
+/// under load, now and then also consolidates them.
+pub const ALLOCATOR_CACHE: usize = 1024;
