@@ -19,7 +19,7 @@
 //! ) -> __private::Response
 //! where
 //!     __IdempotentState: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
-//!     State<Db>: __private::FromRequestParts<__IdempotentState> + __private::Send,
+//!     State<Db>: __private::PartsArgument<__IdempotentState> + __private::Send,
 //!     Json<Order>: __private::FromRequest<__IdempotentState, __IdempotentVia> + __private::Send,
 //!     AuthUser: __private::FromRequestParts<__IdempotentState>,
 //! {
@@ -72,7 +72,9 @@
 //!
 //! - the `where` bounds on each extractor are spanned at its type (the router state is
 //!   only known where the handler is added to a router, so that is where an argument
-//!   that is not an extractor is reported, with a note pointing at the argument);
+//!   that is not an extractor is reported, with a note pointing at the argument); an
+//!   argument before the last is bound through `PartsArgument`, whose error says that
+//!   an extractor reading the body goes last, for the user's own extractors too;
 //! - the `into_response` call is spanned at the return type;
 //! - the scope type in the `run_scoped` turbofish is the user's own token, so a type
 //!   that does not implement `Scope` is reported in the attribute;
@@ -355,7 +357,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
             for ty in parts {
                 let private = runtime.private_at(ty.span());
                 bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
-                    #ty: #private::FromRequestParts<#state> + #private::Send
+                    #ty: #private::PartsArgument<#state> + #private::Send
                 ));
             }
             let private_last = runtime.private_at(last.span());

@@ -73,6 +73,20 @@ pub mod __private {
         future
     }
 
+    /// An argument of an `#[idempotent]` handler before its last: an extractor of the
+    /// request's parts, as axum requires. Bound through it, one that is not is reported
+    /// with a word on where an extractor that reads the body goes, which covers an
+    /// extractor of the user's own the attribute cannot know by its name.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an argument before the last: it does not implement `FromRequestParts`",
+        label = "not an extractor of the request's parts",
+        note = "only a handler's last argument may read the request body (`Json`, `Form`, `String`, `Bytes`, or an extractor of your own that implements `FromRequest`); if `{Self}` does, make it the last argument"
+    )]
+    pub trait PartsArgument<S>: FromRequestParts<S> {}
+
+    #[diagnostic::do_not_recommend]
+    impl<S, T: FromRequestParts<S>> PartsArgument<S> for T {}
+
     /// What an `#[idempotent]` handler returns: anything axum turns into a response.
     /// The expansion converts through it to word the error for a return type that is not.
     #[diagnostic::on_unimplemented(
