@@ -21,7 +21,7 @@
 //!     __IdempotentState: __private::IdempotencyState + __private::Clone + __private::Send + __private::Sync + 'static,
 //!     State<Db>: __private::PartsArgument<__IdempotentState> + __private::Send,
 //!     Json<Order>: __private::FromRequest<__IdempotentState, __IdempotentVia> + __private::Send,
-//!     AuthUser: __private::FromRequestParts<__IdempotentState>,
+//!     AuthUser: __private::ScopeExtractor<__IdempotentState>,
 //! {
 //!     static __ENDPOINT: __private::Endpoint = __private::Endpoint {
 //!         ttl: __private::Some(__private::Duration::new(86400, 0)),
@@ -77,7 +77,8 @@
 //!   an extractor reading the body goes last, for the user's own extractors too;
 //! - the `into_response` call is spanned at the return type;
 //! - the scope type in the `run_scoped` turbofish is the user's own token, so a type
-//!   that does not implement `Scope` is reported in the attribute;
+//!   that does not implement `Scope` is reported in the attribute; its extractor bound
+//!   goes through `ScopeExtractor`, whose error names it as the scope;
 //! - the "fake return" in the inner `async` block gives it the declared return type, so
 //!   that `?` and type inference work as in the original `async fn` (tracing's
 //!   `#[instrument]` does the same);
@@ -374,7 +375,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     if let Some(ty) = scope_type {
         let private = runtime.private_at(ty.span());
         bounds.push(quote_spanned!(Span::mixed_site().located_at(ty.span())=>
-            #ty: #private::FromRequestParts<#state>
+            #ty: #private::ScopeExtractor<#state>
         ));
     }
 

@@ -87,6 +87,19 @@ pub mod __private {
     #[diagnostic::do_not_recommend]
     impl<S, T: FromRequestParts<S>> PartsArgument<S> for T {}
 
+    /// The type of `scope = Type`: an extractor of the request's parts. Bound through
+    /// it, one that is not is reported as a scope, not as one of the handler's
+    /// arguments, which is all that axum's own error could say.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the scope of an `#[idempotent]` handler: it does not implement `FromRequestParts`",
+        label = "the scope is extracted from the request's parts",
+        note = "a scope type is extracted from each request before its key is claimed, as an argument of the handler would be: implement `FromRequestParts` for `{Self}` (its rejection answers a request it cannot identify), or take the scope from a header with `scope = header(\"...\")`"
+    )]
+    pub trait ScopeExtractor<S>: FromRequestParts<S> {}
+
+    #[diagnostic::do_not_recommend]
+    impl<S, T: FromRequestParts<S>> ScopeExtractor<S> for T {}
+
     /// What an `#[idempotent]` handler returns: anything axum turns into a response.
     /// The expansion converts through it to word the error for a return type that is not.
     #[diagnostic::on_unimplemented(
