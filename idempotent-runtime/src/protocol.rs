@@ -1171,15 +1171,20 @@ mod tests {
         assert_eq!(text(bare).await, "one widget");
     }
 
-    /// The task is allocated for every request that takes part in the protocol. Up to
-    /// about 1 KB, glibc serves it from the thread's own cache; it was 2.3 KB, from the
-    /// shared bins, before its request, its execution and its late release were boxed.
+    /// The largest allocation glibc serves from the thread's own cache, about 1 KB;
+    /// larger ones come from the shared bins. (`tests/support` has its own, for the
+    /// stores' futures: the crate's unit tests cannot reach it.)
+    const ALLOCATOR_CACHE: usize = 1024;
+
+    /// The task is allocated for every request that takes part in the protocol. It was
+    /// 2.3 KB, from the shared bins, before its request, its execution and its late
+    /// release were boxed.
     #[tokio::test]
     async fn a_request_task_fits_the_allocators_cache() {
         let idempotency = Idempotency::new(MemoryStore::new());
         let (task, _answer) = task(&ENDPOINT, create, post(Some("k1")), idempotency, None);
         let size = std::mem::size_of_val(&*task);
-        assert!(size <= 1024, "the request task is {size} bytes");
+        assert!(size <= ALLOCATOR_CACHE, "the request task is {size} bytes");
     }
 
     /// A first execution's future is boxed on its own (see `task`). It was 1.4 KB, past
@@ -1200,7 +1205,7 @@ mod tests {
             Box::pin(create("one widget".into()).map(IntoResponse::into_response));
         let execution = run.execute(handler);
         let size = std::mem::size_of_val(&execution);
-        assert!(size <= 1024, "the execution is {size} bytes");
+        assert!(size <= ALLOCATOR_CACHE, "the execution is {size} bytes");
         assert_eq!(text(execution.await).await, "one widget");
     }
 
