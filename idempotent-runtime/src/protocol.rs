@@ -820,18 +820,27 @@ impl Execution {
     }
 
     /// Runs `work` to its end while renewing the lease; `None` once it runs past the
-    /// execution limit (the caller drops it).
+    /// execution limit (the caller drops it). The caller has just polled the work, which
+    /// is waiting: it is polled again when it wakes the task, not right away.
     async fn renewing<F: Future + Unpin>(&self, work: &mut F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            outcome = &mut *work => Some(outcome),
-            stopped = self.renew_while_running() => match stopped {
-                // Its response will not be stored, but the work goes on, as far as the
-                // limit: its side effects may be under way.
-                Stopped::LeaseLost(None) => Some(work.await),
-                Stopped::LeaseLost(Some(limit)) => tokio::time::timeout_at(limit, work).await.ok(),
-                Stopped::PastLimit => None,
-            },
+        let mut renewals = std::pin::pin!(self.renew_while_running());
+        let mut just_polled = true;
+        let stopped = std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut just_polled)
+                && let Poll::Ready(outcome) = Pin::new(&mut *work).poll(cx)
+            {
+                return Poll::Ready(Ok(outcome));
+            }
+            renewals.as_mut().poll(cx).map(Err)
+        })
+        .await;
+        match stopped {
+            Ok(outcome) => Some(outcome),
+            // Its response will not be stored, but the work goes on, as far as the
+            // limit: its side effects may be under way.
+            Err(Stopped::LeaseLost(None)) => Some(work.await),
+            Err(Stopped::LeaseLost(Some(limit))) => tokio::time::timeout_at(limit, work).await.ok(),
+            Err(Stopped::PastLimit) => None,
         }
     }
 
@@ -1112,6 +1121,8 @@ impl Problem {
 mod tests {
     use super::*;
     use crate::MemoryStore;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     static ENDPOINT: Endpoint = Endpoint::DEFAULT;
 
@@ -1207,6 +1218,47 @@ mod tests {
         let size = std::mem::size_of_val(&execution);
         assert!(size <= ALLOCATOR_CACHE, "the execution is {size} bytes");
         assert_eq!(text(execution.await).await, "one widget");
+    }
+
+    /// A handler that waits is polled again when it wakes the task, not twice in a row
+    /// when the lease's renewals start beside it.
+    #[tokio::test]
+    async fn a_waiting_handler_is_polled_once_per_wake() {
+        struct Counted<F> {
+            polls: Arc<AtomicUsize>,
+            inner: Pin<Box<F>>,
+        }
+        impl<F: Future> Future for Counted<F> {
+            type Output = F::Output;
+            fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                self.inner.as_mut().poll(cx)
+            }
+        }
+        let run = Execution {
+            idempotency: Idempotency::new(MemoryStore::new()),
+            key: "k1".into(),
+            token: FencingToken(1),
+            lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(60),
+            policy: StatusPolicy::default(),
+        };
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (send, answer) = oneshot::channel::<&'static str>();
+        let handler: Pin<Box<dyn Future<Output = Response> + Send>> = Box::pin(Counted {
+            polls: polls.clone(),
+            inner: Box::pin(async move { answer.await.unwrap().into_response() }),
+        });
+        let mut execution = std::pin::pin!(run.execute(handler));
+        assert!(poll_once(execution.as_mut()).await.is_pending());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "polled before it was woken"
+        );
+        send.send("done").unwrap();
+        assert_eq!(text(execution.await).await, "done");
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 
     /// Whatever becomes of a request (stored, released after an error or a panic,
