@@ -1182,6 +1182,18 @@ mod tests {
         assert_eq!(text(bare).await, "one widget");
     }
 
+    /// An execution that owns `k1`, on a memory store of its own.
+    fn execution() -> Execution {
+        Execution {
+            idempotency: Idempotency::new(MemoryStore::new()),
+            key: "k1".into(),
+            token: FencingToken(1),
+            lease: Duration::from_secs(10),
+            ttl: Duration::from_secs(60),
+            policy: StatusPolicy::default(),
+        }
+    }
+
     /// The largest allocation glibc serves from the thread's own cache, about 1 KB;
     /// larger ones come from the shared bins. (`tests/support` has its own, for the
     /// stores' futures: the crate's unit tests cannot reach it.)
@@ -1203,14 +1215,7 @@ mod tests {
     /// the guarded work's outcome beside the completion.
     #[tokio::test]
     async fn an_execution_fits_the_allocators_cache() {
-        let run = Execution {
-            idempotency: Idempotency::new(MemoryStore::new()),
-            key: "k1".into(),
-            token: FencingToken(1),
-            lease: Duration::from_secs(10),
-            ttl: Duration::from_secs(60),
-            policy: StatusPolicy::default(),
-        };
+        let run = execution();
         // What an axum handler's `call` returns.
         let handler: Pin<Box<dyn Future<Output = Response> + Send>> =
             Box::pin(create("one widget".into()).map(IntoResponse::into_response));
@@ -1235,14 +1240,7 @@ mod tests {
                 self.inner.as_mut().poll(cx)
             }
         }
-        let run = Execution {
-            idempotency: Idempotency::new(MemoryStore::new()),
-            key: "k1".into(),
-            token: FencingToken(1),
-            lease: Duration::from_secs(10),
-            ttl: Duration::from_secs(60),
-            policy: StatusPolicy::default(),
-        };
+        let run = execution();
         let polls = Arc::new(AtomicUsize::new(0));
         let (send, answer) = oneshot::channel::<&'static str>();
         let handler: Pin<Box<dyn Future<Output = Response> + Send>> = Box::pin(Counted {
