@@ -1182,7 +1182,8 @@ mod tests {
         assert_eq!(text(bare).await, "one widget");
     }
 
-    /// An execution that owns `k1`, on a memory store of its own.
+    /// An execution of `k1` on an empty memory store: its completion is refused, as
+    /// nothing was claimed, which these tests do not look at.
     fn execution() -> Execution {
         Execution {
             idempotency: Idempotency::new(MemoryStore::new()),
