@@ -286,28 +286,40 @@ impl StoredResponse {
         out
     }
 
-    /// Reads back what [`to_bytes`](Self::to_bytes) wrote.
+    /// Reads back what [`to_bytes`](Self::to_bytes) wrote. The body is copied out of
+    /// `bytes`; [`from_shared`](Self::from_shared) spares the copy.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut buf = bytes;
-        if buf.len() < 10 || &buf[..4] != MAGIC {
-            return Err(DecodeError("bad header"));
-        }
-        buf.advance(4);
-        let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("bad status"))?;
-        let count = buf.get_u32() as usize;
-        let mut headers = Vec::with_capacity(count.min(64));
-        for _ in 0..count {
-            let name = take(&mut buf, 2)?;
-            let name = HeaderName::from_bytes(name).map_err(|_| DecodeError("bad header name"))?;
-            let value = take(&mut buf, 4)?;
-            let value =
-                HeaderValue::from_bytes(value).map_err(|_| DecodeError("bad header value"))?;
-            headers.push((name, value));
-        }
+        let (status, headers, body_at) = decode_head(bytes)?;
         Ok(Self {
             status,
-            headers: headers.into(),
-            body: Bytes::copy_from_slice(buf),
+            headers,
+            body: Bytes::copy_from_slice(&bytes[body_at..]),
+        })
+    }
+
+    /// Reads back what [`to_bytes`](Self::to_bytes) wrote, keeping the body as a slice
+    /// of `bytes` rather than a copy: for a store that reads each record into a buffer
+    /// of its own (a `Vec<u8>` turns into [`Bytes`] without a copy), so that a replay
+    /// does not copy the body once more.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{HeaderMap, StatusCode};
+    /// use idempotent_runtime::StoredResponse;
+    ///
+    /// let stored = StoredResponse::new(StatusCode::OK, HeaderMap::new(), "a large body".into());
+    /// let record = Bytes::from(stored.to_bytes());
+    /// let read = StoredResponse::from_shared(record.clone()).unwrap();
+    /// assert_eq!(read, stored);
+    /// // The body is the record's own tail, not a copy of it.
+    /// assert_eq!(read.body().as_ptr(), record[record.len() - read.body().len()..].as_ptr());
+    /// ```
+    pub fn from_shared(bytes: Bytes) -> Result<Self, DecodeError> {
+        let (status, headers, body_at) = decode_head(&bytes)?;
+        Ok(Self {
+            status,
+            headers,
+            body: bytes.slice(body_at..),
         })
     }
 
@@ -343,6 +355,27 @@ impl StoredResponse {
         *response.headers_mut() = headers;
         response
     }
+}
+
+/// The status and headers of a response that [`StoredResponse::to_bytes`] wrote, and
+/// where its body starts.
+fn decode_head(bytes: &[u8]) -> Result<(StatusCode, Arc<[Header]>, usize), DecodeError> {
+    let mut buf = bytes;
+    if buf.len() < 10 || &buf[..4] != MAGIC {
+        return Err(DecodeError("bad header"));
+    }
+    buf.advance(4);
+    let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| DecodeError("bad status"))?;
+    let count = buf.get_u32() as usize;
+    let mut headers = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let name = take(&mut buf, 2)?;
+        let name = HeaderName::from_bytes(name).map_err(|_| DecodeError("bad header name"))?;
+        let value = take(&mut buf, 4)?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| DecodeError("bad header value"))?;
+        headers.push((name, value));
+    }
+    Ok((status, headers.into(), bytes.len() - buf.len()))
 }
 
 fn take<'a>(buf: &mut &'a [u8], len_bytes: usize) -> Result<&'a [u8], DecodeError> {

@@ -258,7 +258,9 @@ fn record(key: &str, row: &PgRow) -> Result<Record, StoreError> {
         Some("completed") => {
             let bytes: Option<Vec<u8>> = row.try_get("response").map_err(get_err)?;
             let bytes = bytes.ok_or_else(|| corrupt(key, "a completed record has no response"))?;
-            let response = StoredResponse::from_bytes(&bytes).map_err(|e| corrupt(key, e))?;
+            // The body stays in the buffer the row was read into: no copy.
+            let response =
+                StoredResponse::from_shared(bytes.into()).map_err(|e| corrupt(key, e))?;
             Ok(Record::Completed {
                 fingerprint,
                 response,

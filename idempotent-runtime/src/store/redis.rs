@@ -164,6 +164,7 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{
     Client, Cmd, ErrorKind, IntoConnectionInfo, RedisError, Script, ServerErrorKind, Value,
 };
+use bytes::Bytes;
 
 use super::{Claim, FencingToken, Record, Store, StoreError};
 use crate::{Fingerprint, StoredResponse};
@@ -528,7 +529,7 @@ fn is_own_claim(reply: &Value, sent: &[u8]) -> bool {
 }
 
 /// Reads a record as claim and lookup find it, `now` being [`unix_millis`].
-fn parse_record(record_key: &str, bytes: &[u8], now: u64) -> Result<Record, StoreError> {
+fn parse_record(record_key: &str, bytes: Vec<u8>, now: u64) -> Result<Record, StoreError> {
     let Some((&state, rest)) = bytes.split_first() else {
         return Err(corrupt(record_key, "the record is empty"));
     };
@@ -561,7 +562,8 @@ fn parse_record(record_key: &str, bytes: &[u8], now: u64) -> Result<Record, Stor
             })
         }
         COMPLETED => {
-            let response = StoredResponse::from_bytes(rest)
+            // The body stays in the buffer the reply was read into: no copy.
+            let response = StoredResponse::from_shared(Bytes::from(bytes).slice(1 + 32..))
                 .map_err(|e| corrupt(record_key, &e.to_string()))?;
             Ok(Record::Completed {
                 fingerprint,
@@ -579,7 +581,7 @@ fn parse_record(record_key: &str, bytes: &[u8], now: u64) -> Result<Record, Stor
 fn read_reply(record_key: &str, what: &str, reply: Value) -> Result<Option<Record>, StoreError> {
     match reply {
         Value::Nil => Ok(None),
-        Value::BulkString(bytes) => parse_record(record_key, &bytes, unix_millis()).map(Some),
+        Value::BulkString(bytes) => parse_record(record_key, bytes, unix_millis()).map(Some),
         other => Err(corrupt(
             record_key,
             &format!("{what} answered {}", describe(&other)),
@@ -777,7 +779,7 @@ mod tests {
         let Ok(Record::InFlight {
             fingerprint,
             lease_remaining,
-        }) = parse_record("k", &record, now)
+        }) = parse_record("k", record.clone(), now)
         else {
             panic!("an in-flight record reads back");
         };
@@ -793,8 +795,19 @@ mod tests {
         let mut completed = vec![COMPLETED];
         completed.extend_from_slice(fp.as_bytes());
         completed.extend_from_slice(&response.to_bytes());
+        // The body is read in place, at the end of the reply's buffer.
+        let body_in_reply = completed[completed.len() - 2..].as_ptr();
+        let read = parse_record("k", completed, now).ok();
+        let Some(Record::Completed {
+            response: read_response,
+            ..
+        }) = &read
+        else {
+            panic!("a completed record reads back");
+        };
+        assert_eq!(read_response.body().as_ptr(), body_in_reply);
         assert_eq!(
-            parse_record("k", &completed, now).ok(),
+            read,
             Some(Record::Completed {
                 fingerprint: fp,
                 response
@@ -812,7 +825,7 @@ mod tests {
             (now + 3_600_000, Duration::from_millis(1)),
             (now.saturating_sub(3_600_000), Duration::from_secs(60)),
         ] {
-            match parse_record("k", &record, clock) {
+            match parse_record("k", record.clone(), clock) {
                 Ok(Record::InFlight {
                     lease_remaining, ..
                 }) => assert_eq!(lease_remaining, expected),
@@ -842,7 +855,7 @@ mod tests {
             with(b'P', b""),
         ];
         for case in cases {
-            let err = parse_record("idempotent:{k}", &case, unix_millis())
+            let err = parse_record("idempotent:{k}", case.clone(), unix_millis())
                 .err()
                 .unwrap_or_else(|| panic!("{case:?} must be rejected"));
             assert!(
