@@ -258,7 +258,7 @@ fn record(key: &str, row: &PgRow) -> Result<Record, StoreError> {
         Some("completed") => {
             let bytes: Option<Vec<u8>> = row.try_get("response").map_err(get_err)?;
             let bytes = bytes.ok_or_else(|| corrupt(key, "a completed record has no response"))?;
-            // The body stays in the buffer the row was read into: no copy.
+            // The body stays in the `Vec` the column was decoded into: no second copy.
             let response =
                 StoredResponse::from_shared(bytes.into()).map_err(|e| corrupt(key, e))?;
             Ok(Record::Completed {
