@@ -802,8 +802,7 @@ impl Execution {
 
     /// Runs `work` while renewing the lease, catching a panic. The work is pinned by the
     /// caller: this future then holds a pointer to it, where it would otherwise hold two
-    /// copies (the argument and the pinned one), and every request's task is laid out for
-    /// the largest step, a replay's too.
+    /// copies (the argument and the pinned one).
     pub(crate) async fn guard<F: Future>(&self, work: Pin<&mut F>) -> Guarded<F::Output> {
         let mut work = AssertUnwindSafe(work).catch_unwind();
         // The work first: one that is done on its first poll (a handler that awaits

@@ -562,8 +562,9 @@ fn parse_record(record_key: &str, bytes: Vec<u8>, now: u64) -> Result<Record, St
             })
         }
         COMPLETED => {
-            // The body stays in the buffer the reply was read into: no copy.
-            let response = StoredResponse::from_shared(Bytes::from(bytes).slice(1 + 32..))
+            // The body stays in the `Vec` the reply was decoded into: no second copy.
+            let response_at = bytes.len() - rest.len();
+            let response = StoredResponse::from_shared(Bytes::from(bytes).slice(response_at..))
                 .map_err(|e| corrupt(record_key, &e.to_string()))?;
             Ok(Record::Completed {
                 fingerprint,
