@@ -192,13 +192,22 @@ impl Fingerprint {
     /// A multipart body with its delimiters (`--boundary`, at the start of the body or
     /// after a line break) left out: the parts between them, in order. A part's content
     /// cannot hold a delimiter (RFC 2046), so different parts never hash the same.
+    /// Whether the body opens with a delimiter or with a preamble is hashed first, as a
+    /// byte of its own in either case: marking one case only, with a byte the other
+    /// case's first length could begin with, let two bodies line up.
     fn of_multipart(body: &[u8], boundary: &[u8]) -> Self {
         let mut hasher = Sha256::new().chain_update(b"multipart\0");
         let delimiter = [b"\r\n--", boundary].concat();
-        let mut rest = body.strip_prefix(&delimiter[2..]).map_or(body, |after| {
-            hasher.update(b"\0");
-            after
-        });
+        let mut rest = match body.strip_prefix(&delimiter[2..]) {
+            Some(after) => {
+                hasher.update(b"\0");
+                after
+            }
+            None => {
+                hasher.update(b"\x01");
+                body
+            }
+        };
         let finder = memchr::memmem::Finder::new(&delimiter);
         loop {
             let found = finder.find(rest);
@@ -1190,6 +1199,24 @@ mod tests {
         assert_eq!(
             Fingerprint::of_request(&bare, bytes.as_bytes(), &[]),
             Fingerprint::of_bytes(bytes.as_bytes())
+        );
+    }
+
+    /// A body that opens with a delimiter and one that does not (it has a preamble) are
+    /// told apart before their parts, whose lengths could otherwise line up. The pair
+    /// below hashed alike when only the first was marked: a part of 300 bytes against a
+    /// part of 1 byte, `,`, and one of 292, the first part's last 292 bytes.
+    #[test]
+    fn a_multipart_preamble_never_hashes_as_a_part() {
+        let headers = with_content_type("multipart/form-data; boundary=B");
+        let tail = "a".repeat(292);
+        let mut opening = b"--B".to_vec();
+        opening.extend_from_slice(&292u64.to_be_bytes());
+        opening.extend_from_slice(tail.as_bytes());
+        let preamble = format!(",\r\n--B{tail}");
+        assert_ne!(
+            Fingerprint::of_request(&headers, &opening, &[]),
+            Fingerprint::of_request(&headers, preamble.as_bytes(), &[])
         );
     }
 }
