@@ -28,9 +28,10 @@
 //! The stored key is a SHA-256 over (method, request path, scope, key), so the same key
 //! sent to two endpoints, or by two tenants when the endpoint sets a `scope`, never
 //! collides, and the raw key never reaches the store or this crate's logs. The path is
-//! the request's, percent-encoding normalised as RFC 3986 has it: `/orders/%61bc` is
-//! `/orders/abc` (the router gives both the same path parameter), `%2f` is `%2F`, and
-//! neither is `/`. (A key read from the query string, `key = query(..)`, is in the
+//! the request's, percent-encoding normalised as the router's path parameters see it:
+//! `/orders/%61bc` is `/orders/abc` and `/customers/a%40b.com` is `/customers/a@b.com`
+//! (the router gives each pair the same path parameter), `%2f` is `%2F`, and neither is
+//! `/`. (A key read from the query string, `key = query(..)`, is in the
 //! request line, which access logs and proxies record: prefer a header where the client
 //! allows it.)
 
@@ -247,12 +248,17 @@ fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
     }
 }
 
-/// `path` with its percent-encoding normalised as RFC 3986 (6.2.2.1, 6.2.2.2) has it:
-/// an escaped unreserved character (letter, digit, `-`, `.`, `_`, `~`) decoded, the hex
-/// digits of every other escape in upper case. So `/orders/%61bc` is `/orders/abc`,
-/// which the router hands the same path parameter, while `%2F` stays apart from `/`.
-/// A `%` not followed by two hex digits is kept as written. Borrowed when the path has
-/// no `%`, as most paths.
+/// `path` as a handler's path parameters see it: an escaped ASCII character decoded, but
+/// for `%2F` and `%25`, which are kept escaped, as is every byte past ASCII, their hex
+/// digits in upper case. So `/orders/%61bc` is `/orders/abc`, and
+/// `/customers/a%40b.com` is `/customers/a@b.com`: one path parameter to the router,
+/// which client libraries escape differently (`encodeURIComponent` escapes `@`, `:` and
+/// `,`, Go's `PathEscape` does not), so a retry sent by another one still finds its
+/// record. `%2F` stays apart from `/`, where a route may split the path differently,
+/// and `%25` from `%`, which would otherwise make `%252F` a `%2F`. RFC 3986 keeps an
+/// escaped reserved character apart from the character itself (6.2.2.2), for URI
+/// schemes that give it a meaning; axum's path parameters do not. A `%` not followed by
+/// two hex digits is kept as written. Borrowed when the path has no `%`, as most paths.
 pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let Some(first) = bytes.iter().position(|&b| b == b'%') else {
@@ -263,7 +269,7 @@ pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     let mut i = first;
     while i < bytes.len() {
         if let Some(decoded) = escaped(bytes, i) {
-            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+            if decoded.is_ascii() && decoded != b'/' && decoded != b'%' {
                 out.push(decoded);
             } else {
                 out.push(b'%');
@@ -535,18 +541,23 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_normalised_as_rfc_3986_has_it() {
+    fn paths_are_normalised_as_path_parameters_see_them() {
         assert!(matches!(
             normalize_path("/orders/1"),
             Cow::Borrowed("/orders/1")
         ));
-        // Unreserved characters decoded, whatever the case of their escape.
+        // ASCII characters decoded, whatever the case of their escape.
         assert_eq!(
             normalize_path("/%6Frders/%41%7e%2D%2e%5f9"),
             "/orders/A~-._9"
         );
-        // Other escapes kept, in upper case: `%2F` is not `/`, nor `%20` a space.
-        assert_eq!(normalize_path("/a%2fb%20c%3A"), "/a%2Fb%20c%3A");
+        assert_eq!(normalize_path("/a%40b%3a%2C%20c%3F"), "/a@b:, c?");
+        // `%2F` is not `/`, nor `%25` a `%` (`%252F` would become `%2F`), nor is a
+        // byte past ASCII decoded: kept, in upper case.
+        assert_eq!(normalize_path("/a%2fb"), "/a%2Fb");
+        assert_eq!(normalize_path("/a%252fb%25"), "/a%252fb%25");
+        assert_ne!(normalize_path("/a%252Fb"), normalize_path("/a%2Fb"));
+        assert_eq!(normalize_path("/caf%c3%a9"), "/caf%C3%A9");
         // A `%` without two hex digits after it is kept as written.
         assert_eq!(normalize_path("/100%"), "/100%");
         assert_eq!(normalize_path("/%4"), "/%4");
