@@ -59,6 +59,13 @@ async fn reserve(State(server): State<Server>) -> (StatusCode, [(&'static str, &
     )
 }
 
+/// A failure the endpoint stores, as Stripe does with its 5xx: a retry gets it replayed.
+#[idempotent(required, store = "2xx,5xx")]
+async fn charge(State(server): State<Server>) -> StatusCode {
+    server.runs.fetch_add(1, Ordering::SeqCst);
+    StatusCode::SERVICE_UNAVAILABLE
+}
+
 /// A proxy in front of the app that notes each attempt's key and loses responses.
 async fn lossy_proxy(State(server): State<Server>, request: Request, next: Next) -> Response {
     let key = request
@@ -93,6 +100,7 @@ async fn serve() -> (String, Server) {
     let app = Router::new()
         .route("/orders", post(create).get(|| async { "orders" }))
         .route("/reservations", post(reserve))
+        .route("/charges", post(charge))
         .layer(middleware::from_fn_with_state(server.clone(), lossy_proxy))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -246,6 +254,23 @@ async fn a_replayed_conflict_is_not_retried() {
         keys(&server).len(),
         2,
         "the handler's 409, retried once as in flight, then its replay"
+    );
+    assert_eq!(server.runs.load(Ordering::SeqCst), 1);
+}
+
+/// A stored `503` is retried once, as any `503`; once it comes back replayed, it is the
+/// handler's answer, which every further retry would get again.
+#[tokio::test]
+async fn a_replayed_failure_is_not_retried() {
+    let (url, server) = serve().await;
+    let url = url.replace("/orders", "/charges");
+    let response = client().post(&url).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        keys(&server).len(),
+        2,
+        "the handler's 503, retried once, then its replay"
     );
     assert_eq!(server.runs.load(Ordering::SeqCst), 1);
 }

@@ -199,12 +199,20 @@ impl RetryableStrategy for RetryInFlight {
         &self,
         result: &Result<reqwest::Response, reqwest_middleware::Error>,
     ) -> Option<Retryable> {
-        if let Ok(response) = result
-            && response.status() == StatusCode::CONFLICT
-            && response.headers().contains_key(http::header::RETRY_AFTER)
-            && !response.headers().contains_key(REPLAYED_HEADER)
-        {
-            return Some(Retryable::Transient);
+        if let Ok(response) = result {
+            let headers = response.headers();
+            // The handler's own answer, stored (a `5xx`, `408`, `429` or `409` the
+            // endpoint keeps): every retry would get it again.
+            if headers.contains_key(REPLAYED_HEADER) {
+                return DefaultRetryableStrategy
+                    .handle(result)
+                    .map(|_| Retryable::Fatal);
+            }
+            if response.status() == StatusCode::CONFLICT
+                && headers.contains_key(http::header::RETRY_AFTER)
+            {
+                return Some(Retryable::Transient);
+            }
         }
         DefaultRetryableStrategy.handle(result)
     }
