@@ -269,9 +269,10 @@ fn duration(
         return Ok(None);
     }
     let lit: syn::Lit = meta.input.parse()?;
-    let text = match &lit {
-        syn::Lit::Str(s) => s.value(),
-        // `10` or `500ms`: the number with its unit (seconds when none), quoted.
+    let checked = match &lit {
+        syn::Lit::Str(s) => checked_duration(name, example, &s.value()),
+        // `10` or `500ms`: the number with its unit (seconds when none), quoted, if the
+        // attribute would take that.
         syn::Lit::Int(i) => {
             let unit = if i.suffix().is_empty() {
                 "s"
@@ -279,37 +280,39 @@ fn duration(
                 i.suffix()
             };
             let fixed = format!("{}{unit}", i.base10_digits());
-            let message = if humantime::parse_duration(&fixed).is_ok() {
-                format!(
+            Err(match checked_duration(name, example, &fixed) {
+                Ok(_) => format!(
                     "`{name}` takes a duration string with a unit; did you mean `{name} = \"{fixed}\"`?"
-                )
-            } else {
-                format!(
+                ),
+                Err(_) if humantime::parse_duration(&fixed).is_err() => format!(
                     "`{name}` takes a duration string such as `{name} = \"{example}\"`\n{UNITS}"
-                )
-            };
-            errors.error(lit.span(), message);
-            return Ok(None);
+                ),
+                // Quoted, it would still be refused: say why.
+                Err(problem) => format!("`{name}` takes a duration string; {problem}"),
+            })
         }
-        _ => {
-            errors.error(
-                lit.span(),
-                format!("`{name}` takes a duration string such as `{name} = \"{example}\"`"),
-            );
-            return Ok(None);
-        }
+        _ => Err(format!(
+            "`{name}` takes a duration string such as `{name} = \"{example}\"`"
+        )),
     };
-    if let Some(at) = months_unit(&text) {
-        let minutes = format!("{}m{}", &text[..at], &text[at + 1..]);
-        errors.error(
-            lit.span(),
-            format!(
-                "in `{text}`, `M` is months, and minutes are `m`\nwrite `\"{minutes}\"` for minutes, or spell out `months` if months are meant"
-            ),
-        );
-        return Ok(None);
+    match checked {
+        Ok(d) => Ok(Some(d)),
+        Err(message) => {
+            errors.error(lit.span(), message);
+            Ok(None)
+        }
     }
-    match humantime::parse_duration(&text) {
+}
+
+/// The duration `text` means, or why the attribute does not take it.
+fn checked_duration(name: &str, example: &str, text: &str) -> Result<Duration, String> {
+    if let Some(at) = months_unit(text) {
+        let minutes = format!("{}m{}", &text[..at], &text[at + 1..]);
+        return Err(format!(
+            "in `{text}`, `M` is months, and minutes are `m`\nwrite `\"{minutes}\"` for minutes, or spell out `months` if months are meant"
+        ));
+    }
+    match humantime::parse_duration(text) {
         // Stores keep time in whole milliseconds (Redis `PX`, for one).
         Ok(d) if d < Duration::from_millis(1) => {
             let problem = if !d.is_zero() {
@@ -323,16 +326,14 @@ fn duration(
                     "`{name}` must be longer than zero: a claim that expires at once would protect nothing"
                 )
             };
-            errors.error(
-                lit.span(),
-                format!("{problem}\nwrite a duration such as `{name} = \"{example}\"`"),
-            );
-            Ok(None)
+            Err(format!(
+                "{problem}\nwrite a duration such as `{name} = \"{example}\"`"
+            ))
         }
-        Ok(d) => Ok(Some(d)),
+        Ok(d) => Ok(d),
         Err(err) => {
             let trimmed = text.trim();
-            let message = match err {
+            Err(match err {
                 _ if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) => {
                     format!(
                         "the duration `{trimmed}` has no unit; did you mean `\"{trimmed}s\"`?\n{UNITS}"
@@ -362,9 +363,7 @@ fn duration(
                 _ => format!(
                     "`{text}` is not a duration\nwrite it like `\"{example}\"`, `\"90s\"`, `\"500ms\"` or `\"1h 30m\"`"
                 ),
-            };
-            errors.error(lit.span(), message);
-            Ok(None)
+            })
         }
     }
 }
