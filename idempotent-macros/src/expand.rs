@@ -23,7 +23,7 @@
 //!     Json<Order>: __private::FromRequest<__IdempotentState, __IdempotentVia> + __private::Send,
 //!     AuthUser: __private::ScopeExtractor<__IdempotentState>,
 //! {
-//!     static __ENDPOINT: __private::Endpoint = __private::Endpoint {
+//!     static __IDEMPOTENT_ENDPOINT: __private::Endpoint = __private::Endpoint {
 //!         ttl: __private::Some(__private::Duration::new(86400, 0)),
 //!         scope: __private::ScopeSource::Extractor,
 //!         ..__private::Endpoint::DEFAULT
@@ -50,13 +50,13 @@
 //!         __private::HandlerOutput::into_response(__idempotent_output)
 //!     };
 //!     __private::run_scoped::<__IdempotentState, _, (__IdempotentVia, State<Db>, Json<Order>), AuthUser>(
-//!         &__ENDPOINT, __idempotent_handler, __idempotent_request, __idempotent_state,
+//!         &__IDEMPOTENT_ENDPOINT, __idempotent_handler, __idempotent_request, __idempotent_state,
 //!     )
 //!     .await
 //! }
 //! ```
 //!
-//! Without `scope = Type`, the last call is `__private::run::<__IdempotentState, _, (..)>(&__ENDPOINT,
+//! Without `scope = Type`, the last call is `__private::run::<__IdempotentState, _, (..)>(&__IDEMPOTENT_ENDPOINT,
 //! __idempotent_handler, __idempotent_request, __idempotent_state, __private::None)`.
 //!
 //! `RouterState<S>` implements `FromRequestParts<S>` for exactly one `S`, which lets the
@@ -92,8 +92,10 @@
 //! `Span::mixed_site()`, so the user's code can neither see nor shadow them. Hygiene does
 //! not stop a `const`, `static` or unit struct of the same name in scope from turning a
 //! binding into a pattern, hence the long prefix on every binding. Nor does it cover
-//! types: the generic parameters resolve where the user's types do, so they have names
-//! no user type has (`__IdempotentState`, `__IdempotentVia`), not `S` or `__S`. Every
+//! types, nor items: the generic parameters resolve where the user's types do, so they
+//! have names no user type has (`__IdempotentState`, `__IdempotentVia`), not `S` or
+//! `__S`, and the endpoint's `static`, which the body can see, is
+//! `__IDEMPOTENT_ENDPOINT`, not a name a user's constant might have. Every
 //! path starts at `__private`, so a user's `type Result<T> = ...` or `struct Request;`
 //! cannot change what they mean. There are no sibling items, which would break inside an
 //! `impl` block.
@@ -337,7 +339,7 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     let handler = mixed("__idempotent_handler");
     let output = mixed("__idempotent_output");
     let ret = mixed("__idempotent_ret");
-    let endpoint_static = mixed("__ENDPOINT");
+    let endpoint_static = mixed("__IDEMPOTENT_ENDPOINT");
     let runtime = Runtime(args.krate.as_ref().map(|krate| krate.value.clone()));
     let private = runtime.private();
 

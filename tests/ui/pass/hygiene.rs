@@ -71,6 +71,9 @@ const __arg0: u8 = 0;
 /// A unit struct named like an argument's binding.
 #[allow(non_camel_case_types)]
 struct __arg1;
+/// Named like the expansion's own `static`, less its prefix: items are not hygienic, and
+/// the handler's body sees what the expansion declares around it.
+const __ENDPOINT: u8 = 0;
 
 /// The user's error type.
 #[derive(Debug)]
@@ -95,6 +98,7 @@ async fn create(State(count): State<u32>, Json(n): Json<u32>) -> Result<Response
     #![allow(clippy::needless_return)]
     let _ = (Request, Option::Some, Option::None, Duration, Endpoint, __S);
     let _ = (__state, __request, __handler, __output, __ret, __value, __arg0, __arg1);
+    let _: u8 = __ENDPOINT;
     if n == 0 {
         return Err(MyError);
     }
