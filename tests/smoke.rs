@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use idempotent_runtime::{Idempotency, MemoryStore, idempotent};
 use std::convert::Infallible;
 use std::sync::{
-    Arc,
+    Arc, Mutex, PoisonError,
     atomic::{AtomicUsize, Ordering},
 };
 use tower::ServiceExt;
@@ -18,6 +18,7 @@ use tower::ServiceExt;
 struct AppState {
     runs: Arc<AtomicUsize>,
     held: Held,
+    events: Events,
     idempotency: Idempotency,
 }
 
@@ -61,6 +62,69 @@ async fn guarded(
     body.clone()
 }
 
+/// What happened to a request, in order: arguments dropped, by position, and the
+/// response built.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<String>>>);
+
+impl Events {
+    fn note(&self, event: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// An argument that notes when it is dropped, by its position among the arguments.
+struct Noted(Events, usize);
+
+/// How many `Noted` arguments the request has given out.
+#[derive(Clone)]
+struct Given(usize);
+
+impl<S: Send + Sync> FromRequestParts<S> for Noted
+where
+    Events: FromRef<S>,
+{
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let position = parts.extensions.get::<Given>().map_or(0, |given| given.0);
+        parts.extensions.insert(Given(position + 1));
+        Ok(Self(Events::from_ref(state), position))
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        self.0.note(format!("drop {}", self.1));
+    }
+}
+
+/// A response that notes when it is built.
+struct Noting(Events);
+
+impl IntoResponse for Noting {
+    fn into_response(self) -> axum::response::Response {
+        self.0.note("response".to_owned());
+        "noted".into_response()
+    }
+}
+
+async fn noted_bare(_first: Noted, _second: Noted, State(events): State<Events>) -> Noting {
+    Noting(events)
+}
+
+#[idempotent]
+async fn noted(_first: Noted, _second: Noted, State(events): State<Events>) -> Noting {
+    Noting(events)
+}
+
 #[derive(serde::Deserialize)]
 struct Order {
     qty: u32,
@@ -91,6 +155,7 @@ async fn smoke() {
     let state = AppState {
         runs: Default::default(),
         held: Held::default(),
+        events: Events::default(),
         idempotency: Idempotency::new(MemoryStore::new()),
     };
     let app = Router::new()
@@ -117,6 +182,7 @@ async fn arguments_live_as_long_as_the_body() {
     let state = AppState {
         runs: Default::default(),
         held: Held::default(),
+        events: Events::default(),
         idempotency: Idempotency::new(MemoryStore::new()),
     };
     let app = Router::new()
@@ -130,4 +196,32 @@ async fn arguments_live_as_long_as_the_body() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "held: 2", "both permits held while the body ran");
     assert_eq!(state.held.0.load(Ordering::SeqCst), 0, "and dropped after");
+}
+
+/// As from an `async fn`: the arguments are dropped when the body ends, the last first,
+/// and before the response is built from what it returned.
+#[tokio::test]
+async fn arguments_are_dropped_as_an_async_fn_drops_them() {
+    let state = AppState {
+        runs: Default::default(),
+        held: Held::default(),
+        events: Events::default(),
+        idempotency: Idempotency::new(MemoryStore::new()),
+    };
+    let app = Router::new()
+        .route("/bare", post(noted_bare))
+        .route("/noted", post(noted))
+        .with_state(state.clone());
+    let mut seen = Vec::new();
+    for path in ["/bare", "/noted"] {
+        let req = axum::http::Request::post(path)
+            .header("idempotency-key", "k1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        seen.push(state.events.take());
+    }
+    assert_eq!(seen[0], ["drop 1", "drop 0", "response"]);
+    assert_eq!(seen[1], seen[0], "the attribute's order is the async fn's");
 }

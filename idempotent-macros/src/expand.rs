@@ -29,11 +29,11 @@
 //!         ..__private::Endpoint::DEFAULT
 //!     };
 //!     let __idempotent_handler = |__idempotent_arg0: State<Db>, __idempotent_arg1: Json<Order>| async move {
-//!         let mut __idempotent_arg0 = __idempotent_arg0;
-//!         let State(db) = __idempotent_arg0;
-//!         let mut __idempotent_arg1 = __idempotent_arg1;
-//!         let Json(order) = __idempotent_arg1;
 //!         let __idempotent_output = async move {
+//!             let mut __idempotent_arg0 = __idempotent_arg0;
+//!             let State(db) = __idempotent_arg0;
+//!             let mut __idempotent_arg1 = __idempotent_arg1;
+//!             let Json(order) = __idempotent_arg1;
 //!             if false {
 //!                 let __idempotent_ret: _ = loop {};   // the declared return type, `impl Trait` erased
 //!                 return __idempotent_ret;
@@ -64,8 +64,9 @@
 //! handler works with any state and sub-state. The user's code becomes the body of a
 //! closure that axum calls as a handler, so extraction and rejections behave exactly as
 //! without the attribute, and `Self` still works in an `impl` block (a nested `fn` item
-//! could not use it). The closure's future binds the user's patterns, as an `async fn`
-//! does: every argument lives until the body ends, and `ref` patterns work.
+//! could not use it). The body's own future binds the user's patterns, as an `async fn`
+//! does: every argument lives until the body ends and is dropped then, the last first,
+//! before the response is built; `ref` patterns work.
 //!
 //! Where the user's code can be wrong, the generated tokens carry the span of the
 //! user's token, so that the compiler's error points there:
@@ -422,10 +423,11 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
     let handler_future = quote_spanned!(Span::mixed_site().located_at(sig.ident.span())=>
         #private_name::handler_future
     );
-    // The closure takes each argument whole and its body binds the user's patterns, as
-    // an `async fn` does: every argument moves into the future, so one the body never
-    // names (`_permit`, a guard) lives until the body ends, and a `ref` pattern borrows
-    // from the future, not from the closure that returns it.
+    // The closure takes each argument whole and the body's future binds the user's
+    // patterns, as an `async fn` does: every argument moves into that future, so one the
+    // body never names (`_permit`, a guard) lives until the body ends and is dropped
+    // with the others when it does, in the same order, before the response is built;
+    // and a `ref` pattern borrows from the future, not from the closure that returns it.
     let arguments: Vec<_> = (0..params.len())
         .map(|i| mixed(&format!("__idempotent_arg{i}")))
         .collect();
@@ -480,8 +482,8 @@ fn expand(args: &Args, func: ItemFn) -> TokenStream {
         {
             static #endpoint_static: #private::Endpoint = #endpoint;
             let #handler = |#(#arguments: #types),*| #handler_future(async move {
-                #(#bind_arguments)*
                 let #output = async move {
+                    #(#bind_arguments)*
                     #[allow(
                         unknown_lints,
                         unreachable_code,
