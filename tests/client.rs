@@ -245,32 +245,28 @@ async fn a_duplicate_waits_out_the_conflict_and_gets_the_response() {
 /// replayed, retrying again would only get it again.
 #[tokio::test]
 async fn a_replayed_conflict_is_not_retried() {
-    let (url, server) = serve().await;
-    let url = url.replace("/orders", "/reservations");
-    let response = client().post(&url).send().await.expect("sent");
-    assert_eq!(response.status(), StatusCode::CONFLICT);
-    assert_eq!(response.headers()["idempotent-replayed"], "true");
-    assert_eq!(
-        keys(&server).len(),
-        2,
-        "the handler's 409, retried once as in flight, then its replay"
-    );
-    assert_eq!(server.runs.load(Ordering::SeqCst), 1);
+    stops_at_the_replay("/reservations", StatusCode::CONFLICT).await;
 }
 
 /// A stored `503` is retried once, as any `503`; once it comes back replayed, it is the
 /// handler's answer, which every further retry would get again.
 #[tokio::test]
 async fn a_replayed_failure_is_not_retried() {
+    stops_at_the_replay("/charges", StatusCode::SERVICE_UNAVAILABLE).await;
+}
+
+/// Sends one request to `path`, whose handler answers `status` and stores it: the
+/// client retries the first answer once and takes the replay as final.
+async fn stops_at_the_replay(path: &str, status: StatusCode) {
     let (url, server) = serve().await;
-    let url = url.replace("/orders", "/charges");
+    let url = url.replace("/orders", path);
     let response = client().post(&url).send().await.expect("sent");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.status(), status);
     assert_eq!(response.headers()["idempotent-replayed"], "true");
     assert_eq!(
         keys(&server).len(),
         2,
-        "the handler's 503, retried once, then its replay"
+        "the handler's {status}, retried once, then its replay"
     );
     assert_eq!(server.runs.load(Ordering::SeqCst), 1);
 }

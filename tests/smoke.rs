@@ -150,14 +150,18 @@ async fn res(Json(o): Json<Order>) -> Result<String, StatusCode> {
     }
 }
 
-#[tokio::test]
-async fn smoke() {
-    let state = AppState {
+fn state() -> AppState {
+    AppState {
         runs: Default::default(),
         held: Held::default(),
         events: Events::default(),
         idempotency: Idempotency::new(MemoryStore::new()),
-    };
+    }
+}
+
+#[tokio::test]
+async fn smoke() {
+    let state = state();
     let app = Router::new()
         .route("/o", post(create))
         .route("/n", post(noargs))
@@ -179,12 +183,7 @@ async fn smoke() {
 
 #[tokio::test]
 async fn arguments_live_as_long_as_the_body() {
-    let state = AppState {
-        runs: Default::default(),
-        held: Held::default(),
-        events: Events::default(),
-        idempotency: Idempotency::new(MemoryStore::new()),
-    };
+    let state = state();
     let app = Router::new()
         .route("/g", post(guarded))
         .with_state(state.clone());
@@ -202,12 +201,7 @@ async fn arguments_live_as_long_as_the_body() {
 /// and before the response is built from what it returned.
 #[tokio::test]
 async fn arguments_are_dropped_as_an_async_fn_drops_them() {
-    let state = AppState {
-        runs: Default::default(),
-        held: Held::default(),
-        events: Events::default(),
-        idempotency: Idempotency::new(MemoryStore::new()),
-    };
+    let state = state();
     let app = Router::new()
         .route("/bare", post(noted_bare))
         .route("/noted", post(noted))
